@@ -1,0 +1,5 @@
+import sys
+
+from kftune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""The artifact store edge: one Protocol, a local-directory store and an S3/MinIO store.
+
+Keys are ``/``-separated strings relative to the store's root (``runs/<run>/search/trials/t1.json``).
+A store URI is a plain path (``./artifacts``, ``/data/kftune``) or ``s3://bucket/prefix``.
+S3 endpoint, credentials, TLS and region come from ``KFTUNE_S3_*`` environment variables only.
+
+Contract (both stores pass the same tests in ``tests/io/test_store.py``):
+- ``put_*`` is atomic: a reader sees the old object, or the whole new one, never a part.
+- ``get_*`` of a missing key raises :class:`kftune.core.errors.ArtifactNotFoundError` (raised ``from`` the cause).
+- ``list(prefix)`` returns every key under ``prefix`` (recursively), sorted, relative to the root.
+- Keys never escape the root (``..`` and absolute keys are refused with ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Where runs keep their artifacts. See the module docstring for the contract."""
+
+    @property
+    def root_uri(self) -> str:
+        """The URI of the store's root (``/abs/path`` or ``s3://bucket/prefix``)."""
+        ...
+
+    def uri_for(self, key: str) -> str:
+        """The full URI of ``key`` (for logs and reports; never contains credentials)."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        """Upload a local file, streaming (large checkpoints never load whole into memory)."""
+        ...
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        """Download to a local path, atomically (a partial download never appears at ``path``)."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+
+def put_json(store: ArtifactStore, key: str, obj: Any) -> None:
+    """Write ``obj`` as pretty, key-sorted JSON (stable bytes for the same object)."""
+    store.put_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def get_json(store: ArtifactStore, key: str) -> Any:
+    return json.loads(store.get_bytes(key).decode("utf-8"))
+
+
+def put_text(store: ArtifactStore, key: str, text: str) -> None:
+    store.put_bytes(key, text.encode("utf-8"))
+
+
+def get_text(store: ArtifactStore, key: str) -> str:
+    return store.get_bytes(key).decode("utf-8")
+
+
+def open_store(uri: str | Path) -> ArtifactStore:
+    """The store for ``uri``: ``s3://bucket[/prefix]`` -> S3 store, anything else -> local directory."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        from kftune.io.s3_store import S3Store
+
+        return S3Store.from_uri(text)
+    if "://" in text and not text.startswith("file://"):
+        raise ValueError(f"unsupported store URI {text!r}: use a local path or s3://bucket/prefix")
+    from kftune.io.local_store import LocalStore
+
+    return LocalStore(text.removeprefix("file://"))

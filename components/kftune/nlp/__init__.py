@@ -1,0 +1,1 @@
+"""Torch side: corpus readers, vocabularies, models, trainer, evaluation."""

@@ -1,0 +1,59 @@
+"""What every step's ``main(argv) -> int`` shares: logging set up once, errors mapped to exit codes.
+
+Exit codes: 0 success; 1 a runtime failure (the message is logged); 2 a usage or config error
+(every problem printed with its field path, nothing started); 130 interrupted by the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from kftune.core.errors import ConfigError, KftuneError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+log = logging.getLogger("kftune")
+
+
+def setup_logging(verbose: int = 0) -> None:
+    """Configure the root logger once (idempotent; the level can be raised by ``-v`` or ``KFTUNE_LOG_LEVEL``)."""
+    level_name = os.environ.get("KFTUNE_LOG_LEVEL")
+    level = getattr(logging, level_name.upper(), logging.INFO) if level_name else (
+        logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger()
+    if not any(getattr(h, "_kftune", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._kftune = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+
+
+def run_main(body: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, set up logging, call ``body(args)`` and map exceptions to exit codes."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    setup_logging(getattr(args, "verbose", 0))
+    try:
+        code = body(args)
+        return EXIT_OK if code is None else int(code)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KftuneError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
