@@ -81,3 +81,57 @@ def open_store(uri: str | Path) -> ArtifactStore:
     from kftune.io.local_store import LocalStore
 
     return LocalStore(text.removeprefix("file://"))
+
+
+# Key checks shared by both stores (appended helpers; the Protocol above is unchanged).
+
+#: Name prefix of in-progress temporary files; keys may not contain a segment that starts with it.
+TEMP_MARKER = ".kftune-tmp-"
+
+_KEY_EXAMPLE = "keys are '/'-separated relative paths such as 'runs/r1/search/trials/t1.json'"
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise ``ValueError`` naming it.
+
+    Refused: non-strings, the empty key, absolute keys, backslashes, NUL, empty segments
+    (``a//b``, a trailing ``/``), ``.`` and ``..`` segments, and segments starting with :data:`TEMP_MARKER`.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"invalid artifact key {key!r}: not a string; {_KEY_EXAMPLE}")
+    reason = None
+    if not key:
+        reason = "empty"
+    elif key.startswith("/"):
+        reason = "absolute keys are not allowed"
+    elif "\\" in key:
+        reason = "backslashes are not allowed"
+    elif "\x00" in key:
+        reason = "NUL characters are not allowed"
+    else:
+        for part in key.split("/"):
+            if part == "":
+                reason = "empty path segment (double or trailing '/')"
+            elif part in {".", ".."}:
+                reason = f"'{part}' segments are not allowed (keys never leave the store's root)"
+            elif part.startswith(TEMP_MARKER):
+                reason = f"segments starting with {TEMP_MARKER!r} are reserved for temporary files"
+            if reason:
+                break
+    if reason:
+        raise ValueError(f"invalid artifact key {key!r}: {reason}; {_KEY_EXAMPLE}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Normalize a ``list()`` prefix: ``""`` (everything) or a valid key, one trailing ``/`` allowed."""
+    if prefix == "":
+        return ""
+    if isinstance(prefix, str) and prefix.endswith("/") and not prefix.endswith("//"):
+        prefix = prefix[:-1]
+    return check_key(prefix)
+
+
+def is_under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is listed by ``list(prefix)``: whole segments, so ``runs/r1`` does not match ``runs/r10/x``."""
+    return prefix == "" or key == prefix or key.startswith(prefix + "/")
