@@ -19,6 +19,21 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("kftune")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest and notebooks swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def setup_logging(verbose: int = 0) -> None:
     """Configure the root logger once (idempotent; the level can be raised by ``-v`` or ``KFTUNE_LOG_LEVEL``)."""
     level_name = os.environ.get("KFTUNE_LOG_LEVEL")
@@ -26,7 +41,7 @@ def setup_logging(verbose: int = 0) -> None:
         logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger()
     if not any(getattr(h, "_kftune", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._kftune = True  # type: ignore[attr-defined]
         root.addHandler(handler)
