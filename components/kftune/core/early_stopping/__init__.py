@@ -1,0 +1,47 @@
+"""Early-stopping rules by ``earlyStopping.algorithmName``: Katib's ``medianstop``, and kftune's
+``successive-halving`` (synchronous) and ``asha`` (asynchronous), which pause trials at rungs and
+resume the promoted ones from their checkpoints.
+
+Two shapes, for the two ways a search runs a trial:
+
+* :class:`MedianStop` judges a running trial after each report: ``should_stop(trial, history, objective)``.
+* :class:`SuccessiveHalving` / :class:`ASHA` give a budget per rung: a new trial trains
+  ``first_budget`` epochs and pauses; ``promotions(history, objective)`` lists the paused trials to
+  resume and up to which budget; ``is_pruned`` says which are (now) left behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+from kftune.core.early_stopping.medianstop import MedianStop, StopDecision
+from kftune.core.early_stopping.successive_halving import ASHA, Promotion, SuccessiveHalving
+from kftune.core.errors import ConfigError, Problem
+
+EarlyStopping = Union[MedianStop, SuccessiveHalving]
+
+EARLY_STOPPING: dict[str, type] = {
+    "medianstop": MedianStop,
+    "successive-halving": SuccessiveHalving,
+    "asha": ASHA,
+}
+
+
+def get_early_stopping(name: str, settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+                       max_epochs: int | None = None) -> EarlyStopping:
+    """The rule for ``earlyStopping.algorithmName`` ``name`` configured from its ``algorithmSettings``.
+
+    ``max_epochs`` (the training's maxEpochs) is the default ``max_budget`` of the halving rules.
+    Raises :class:`ConfigError` for an unknown name (listing the known ones) or bad settings.
+    """
+    try:
+        cls = EARLY_STOPPING[name]
+    except (KeyError, TypeError):
+        raise ConfigError([Problem("spec.search.earlyStopping.algorithmName",
+                                   f"unknown early stopping algorithm {name!r}; known: {sorted(EARLY_STOPPING)}")]
+                          ) from None
+    return cls.from_settings(settings, max_epochs=max_epochs)
+
+
+__all__ = ["ASHA", "EARLY_STOPPING", "EarlyStopping", "MedianStop", "Promotion", "StopDecision",
+           "SuccessiveHalving", "get_early_stopping"]

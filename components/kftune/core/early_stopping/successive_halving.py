@@ -1,0 +1,204 @@
+"""Successive halving (synchronous) and ASHA (asynchronous successive halving), budgets in epochs.
+
+A trial starts with the smallest budget, the first *rung*. When it has trained that many epochs it
+stops (state ``pruned``, its checkpoint kept) and the rule decides whether it is *promoted*: resumed
+from its checkpoint up to the next rung's budget. Rungs are ``min_budget * eta**k`` below
+``max_budget``, then ``max_budget`` itself (eta=3, budgets 1..9: rungs 1, 3, 9). At each rung the top
+``1/eta`` of the trials that reached it go on.
+
+``asha`` (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020): decisions
+are made as results arrive. A trial is promoted from rung ``k`` when it is among the best
+``floor(n_k / eta)`` of the ``n_k`` trials that reached rung ``k`` so far and has not been promoted
+yet; higher rungs are served first. No one waits, and a trial that was not promoted may be later,
+when more trials have reached its rung.
+
+``successive-halving`` (synchronous; Jamieson & Talwalkar 2016): rung ``k`` is decided only when no
+trial of the history can still reach it (nothing running below it, no promotion into it pending);
+then the best ``max(1, floor(n_k / eta))`` go on and the rest are pruned for good. The caller passes
+the cohort as the history (a round of coarse-to-fine, or the whole search once all its trials ran).
+
+The rung math lives in :class:`_Bracket` (as Ray Tune's ``async_hyperband.py`` keeps its ``_Bracket``),
+apart from the bookkeeping over the history. A trial's value at a rung is its last intermediate value
+at a step ``<=`` the rung's budget, provided it trained at least that budget; failed and completed
+trials that reached a rung count towards it (they take places in the top ``1/eta`` but are never
+resumed). Ties go to the older trial.
+
+Settings: ``eta`` (3, an integer >= 2), ``min_budget`` (1 epoch), ``max_budget`` (epochs; defaults to
+the training's ``maxEpochs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
+
+from kftune.core.errors import ConfigError, Problem
+from kftune.core.samplers.base import SettingsReader
+from kftune.core.trials import Objective, Trial, check_objective, sign
+
+SETTINGS_PATH = "spec.search.earlyStopping.algorithmSettings"
+
+
+class Promotion(NamedTuple):
+    """Resume trial ``trial_id`` from its checkpoint and train it up to ``budget`` epochs in total."""
+
+    trial_id: str
+    budget: int
+
+
+@dataclass(frozen=True)
+class _Bracket:
+    """Rungs and cut-offs of one successive-halving bracket; no knowledge of trials."""
+
+    min_budget: int
+    max_budget: int
+    eta: int
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        out, b = [], self.min_budget
+        while b < self.max_budget:
+            out.append(b)
+            b *= self.eta
+        return (*out, self.max_budget)
+
+    def next_rung(self, budget: int) -> int | None:
+        """The first rung budget above ``budget``; ``None`` at or past ``max_budget``."""
+        for r in self.rungs:
+            if r > budget:
+                return r
+        return None
+
+    def quota(self, reached: int, synchronous: bool) -> int:
+        """How many of the ``reached`` trials at a rung go on: ``floor(reached / eta)``; synchronous
+        halving keeps at least one so that some trial reaches ``max_budget``."""
+        q = reached // self.eta
+        return max(q, 1) if synchronous and reached > 0 else q
+
+    def top(self, scored: Sequence[tuple[int, float]], objective: Objective, synchronous: bool) -> list[int]:
+        """Of ``(key, value)`` pairs at one rung, the keys of the best ``quota``, best first
+        (ties: smaller key, i.e. older trial, first)."""
+        s = sign(objective)
+        ordered = sorted(scored, key=lambda kv: (-s * kv[1], kv[0]))
+        return [k for k, _ in ordered[: self.quota(len(scored), synchronous)]]
+
+
+@dataclass(frozen=True)
+class SuccessiveHalving:
+    """Synchronous successive halving over an explicit history. Pure: no state between calls."""
+
+    name: ClassVar[str] = "successive-halving"
+    synchronous: ClassVar[bool] = True
+    known_settings: ClassVar[Mapping[str, str]] = {
+        "eta": "int >= 2; 1/eta of the trials at a rung go on (default 3)",
+        "min_budget": "int >= 1; epochs of the first rung (default 1)",
+        "max_budget": "int > min_budget; epochs of the last rung (default: the training's maxEpochs)",
+    }
+
+    eta: int = 3
+    min_budget: int = 1
+    max_budget: int = 9
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
+            problems.append(Problem(f"{SETTINGS_PATH}.eta", f"{self.eta!r} must be an integer >= 2"))
+        if isinstance(self.min_budget, bool) or not isinstance(self.min_budget, int) or self.min_budget < 1:
+            problems.append(Problem(f"{SETTINGS_PATH}.min_budget", f"{self.min_budget!r} must be an integer >= 1"))
+        elif (isinstance(self.max_budget, bool) or not isinstance(self.max_budget, int)
+              or self.max_budget <= self.min_budget):
+            problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
+                                    f"{self.max_budget!r} must be an integer > min_budget ({self.min_budget}); "
+                                    "with a single budget there is nothing to halve"))
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
+                      max_epochs: int | None = None) -> "SuccessiveHalving":
+        """Read ``algorithmSettings``; ``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
+        r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
+        eta = r.int("eta", 3, minimum=2)
+        min_budget = r.int("min_budget", 1, minimum=1)
+        max_budget = r.int("max_budget", max_epochs, minimum=1)
+        r.done()
+        if max_budget is None:
+            raise ConfigError([Problem(f"{SETTINGS_PATH}.max_budget",
+                                       "not set: give max_budget (epochs) or the training's maxEpochs")])
+        return cls(eta=eta, min_budget=min_budget, max_budget=max_budget)  # type: ignore[arg-type]
+
+    # -- rung math ------------------------------------------------------------------------------
+    @property
+    def _bracket(self) -> _Bracket:
+        return _Bracket(self.min_budget, self.max_budget, self.eta)
+
+    def rungs(self) -> tuple[int, ...]:
+        """The rung budgets in epochs, ascending, the last one ``max_budget``."""
+        return self._bracket.rungs
+
+    @property
+    def first_budget(self) -> int:
+        """The budget a new trial trains for before its first decision."""
+        return self.rungs()[0]
+
+    def next_budget(self, budget: int) -> int | None:
+        """The rung above ``budget`` epochs (where a promoted trial stops next), or ``None`` at the top."""
+        return self._bracket.next_rung(budget)
+
+    # -- bookkeeping over the history --------------------------------------------------------------
+    @staticmethod
+    def rung_value(trial: Trial, budget: int) -> float | None:
+        """The trial's value at rung ``budget``: its last intermediate value at a step ``<= budget``,
+        if it trained at least ``budget`` epochs."""
+        if trial.budget_used < budget:
+            return None
+        values = trial.values_upto(budget)
+        return values[-1] if values else None
+
+    @staticmethod
+    def _paused_at(trial: Trial, budget: int) -> bool:
+        return trial.state == "pruned" and trial.budget_used == budget
+
+    def _decisions(self, history: Sequence[Trial], objective: Objective) -> tuple[list[Promotion], dict[str, int]]:
+        """(promotions to make now, {trial id: rung budget} of the trials decided against)."""
+        check_objective(objective)
+        rungs = self.rungs()
+        promotions: list[Promotion] = []
+        rejected: dict[str, int] = {}
+        order = range(len(rungs) - 1) if self.synchronous else reversed(range(len(rungs) - 1))
+        for k in order:
+            budget = rungs[k]
+            if self.synchronous and any(t.state == "running" and t.budget_used < budget for t in history):
+                break  # rung k (and every rung above) can still gain members
+            scored = [(i, v) for i, t in enumerate(history) if (v := self.rung_value(t, budget)) is not None]
+            best = self._bracket.top(scored, objective, self.synchronous)
+            top = set(best)
+            pending = [Promotion(history[i].id, rungs[k + 1]) for i in best if self._paused_at(history[i], budget)]
+            for i, _ in scored:
+                if i not in top and self._paused_at(history[i], budget):
+                    rejected[history[i].id] = budget
+            promotions.extend(pending)
+            if self.synchronous and pending:
+                break  # rung k+1 waits for these
+        return promotions, rejected
+
+    def promotions(self, history: Sequence[Trial], objective: Objective) -> list[Promotion]:
+        """The paused trials to resume now, each with the budget to train up to (higher rungs first
+        for ASHA, best first within a rung). Each is returned until the history shows it resumed."""
+        return self._decisions(history, objective)[0]
+
+    def is_pruned(self, trial: Trial, history: Sequence[Trial], objective: Objective) -> bool:
+        """Whether ``trial``, paused at a rung below ``max_budget``, is (as of ``history``) not to go on.
+
+        Synchronous: final once its rung is decided. ASHA: it may still be promoted if more trials
+        reach its rung; at the end of a search it is final.
+        """
+        return trial.id in self._decisions(history, objective)[1]
+
+
+@dataclass(frozen=True)
+class ASHA(SuccessiveHalving):
+    """Asynchronous successive halving: promote a trial as soon as it is in the top 1/eta of its rung."""
+
+    name: ClassVar[str] = "asha"
+    synchronous: ClassVar[bool] = False
