@@ -251,7 +251,8 @@ def test_pushgateway_refuses_caller_errors_atomically() -> None:
     with pytest.raises(ValueError):
         sink.log({"dev_score": "high"})  # type: ignore[dict-item]
     fams = _families(sink)
-    assert set(fams) == {"kftune_dev_score", "kftune_dev_score_step", "kftune_trials_total"}  # "other" not left at 0
+    assert set(fams) == {"kftune_dev_score", "kftune_dev_score_step", "kftune_trials_total",  # "other" not left at 0
+                         "kftune_step_running"}
     assert fams["kftune_dev_score"] == {(): 0.5}
     sink.close()
 

@@ -70,6 +70,9 @@ def label_name(name: str) -> str:
     return "_" + clean if clean[0].isdigit() else clean
 
 
+RUNNING_GAUGE = "step_running"
+
+
 class PushgatewaySink:
     """Push gauges and counters to the Pushgateway at ``url`` (see the module docstring).
 
@@ -82,7 +85,7 @@ class PushgatewaySink:
     """
 
     def __init__(self, url: str, *, job: str = DEFAULT_JOB, grouping: Mapping[str, str],
-                 timeout: float = 5.0, push_interval: float = 5.0) -> None:
+                 timeout: float = 5.0, push_interval: float = 5.0, mark_running: bool = True) -> None:
         if not url:
             raise ValueError("Pushgateway URL is empty; set it like http://pushgateway:9091")
         if timeout <= 0 or push_interval < 0:
@@ -107,6 +110,11 @@ class PushgatewaySink:
         self._thread: threading.Thread | None = None
         self.pushes_ok = 0       # successful pushes (for tests and diagnostics)
         self.pushes_failed = 0   # failed pushes
+        self._mark_running = mark_running
+        if mark_running:
+            # kftune_step_running is 1 while the step runs and 0 once it closed cleanly; a pod that
+            # died leaves 1 behind, which the KftuneStepNoProgress alert (manifests/base/monitoring) catches.
+            self.log({RUNNING_GAUGE: 1})
 
     def __repr__(self) -> str:
         return f"PushgatewaySink({self.url!r}, job={self.job!r}, grouping={self.grouping!r})"
@@ -244,6 +252,10 @@ class PushgatewaySink:
 
     def close(self) -> None:
         """Stop the background pusher and push the final values once more. Idempotent."""
+        with self._lock:
+            closed = self._closed
+        if not closed and self._mark_running:
+            self.log({RUNNING_GAUGE: 0})
         with self._lock:
             if self._closed:
                 return

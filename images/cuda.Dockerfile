@@ -1,0 +1,65 @@
+# kftune, CUDA image: the PyTorch CUDA runtime image (torch, CUDA and cuDNN come with it) + the kftune wheel.
+#
+# Build it with images/build.sh, which passes KFTUNE_VERSION (read from components/kftune/_version.py)
+# and tags the result <registry>/kftune:<version>-cuda. By hand, from the repository root:
+#
+#   docker build -f images/cuda.Dockerfile --build-arg KFTUNE_VERSION=<version> \
+#       -t ghcr.io/kftune/kftune:<version>-cuda .
+#
+# torch is never installed a second time: the install is constrained to the torch the base image
+# ships, so pip fails instead of replacing it. To move to another PyTorch/CUDA release, change
+# PYTORCH_IMAGE (a tag of the form <torch>-cuda<x.y>-cudnn<n>-runtime, Python >= 3.11) and bump the
+# kftune version, so that the new image gets a new tag.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTORCH_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+
+# ---- builder: the kftune wheel (pure Python, so any Python >= 3.11 builds it). Nothing of this ------
+# ---- stage reaches the final image. -----------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+WORKDIR /src
+# The context is filtered by the repository's .dockerignore (an allow-list: pyproject.toml, README.md,
+# components/, pipelines/).
+COPY . .
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---- final: the PyTorch CUDA runtime (no nvcc, no compiler) plus kftune ------------------------------
+FROM ${PYTORCH_IMAGE}
+ARG KFTUNE_VERSION
+
+LABEL org.opencontainers.image.title="kftune" \
+      org.opencontainers.image.description="Tune PyTorch NLP models as Kubeflow Pipelines (CUDA image)" \
+      org.opencontainers.image.version="${KFTUNE_VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Install the wheel from the builder stage. (COPY rather than `RUN --mount=type=bind,from=builder`: older
+# buildah/podman releases cannot bind-mount a stage, and newer ones may reuse a stale cached layer.)
+# The constraint pins torch to the base image's own build: kftune's dependencies must not replace it.
+# --use-pep517: a dependency published only as an sdist (seqeval) is built in an isolated
+# environment, whatever setuptools the base image has (no compiler needed: it is pure Python).
+# Then check that the tag's version is the wheel's version and that torch still imports. (No `pip check`
+# here: the base image's conda environment carries packages of its own whose metadata pip may flag.)
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN if [ -z "${KFTUNE_VERSION}" ]; then \
+        echo "pass --build-arg KFTUNE_VERSION=<version> (images/build.sh does)" >&2; exit 1; \
+    fi \
+    && python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
+    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt /tmp/wheels/kftune-*.whl \
+    && rm -r /tmp/torch-constraint.txt /tmp/wheels \
+    && python -c 'import torch, kftune' \
+    && installed="$(kftune --version)" \
+    && if [ "${installed}" != "kftune ${KFTUNE_VERSION}" ]; then \
+        echo "the wheel says '${installed}', the tag says ${KFTUNE_VERSION}" >&2; exit 1; \
+    fi
+
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin kftune
+USER 10001:10001
+WORKDIR /home/kftune
+
+ENTRYPOINT ["kftune"]
+CMD ["--help"]
