@@ -1,0 +1,453 @@
+"""Model, optimizer and trainer settings as frozen dataclasses, with Katib-string coercion.
+
+No torch import here: the spec loader, the search engine and ``kftune validate`` use this module
+without paying for torch.
+
+Every model or optimizer setting a search can tune is a named field of :class:`Hyperparameters`;
+the field names are the Katib parameter names (``learning_rate``, ``hidden_size``, ...). Katib
+hands trials their assignments as strings, so :meth:`Hyperparameters.from_mapping` coerces
+``"0.01"`` to a float, ``"true"`` to a bool and ``"3,4,5"`` to kernel sizes, and reports every
+bad value with its field path (:class:`~kftune.core.errors.ConfigError`).
+
+Defaults depend on the task (:data:`TASK_DEFAULTS`): a Kim-style CNN with AdamW for text
+classification, a BiLSTM-CRF with character features for sequence labelling. Both train well
+from scratch on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+from kftune.core.errors import ConfigError, Problem
+
+TaskType = Literal["text_classification", "sequence_labeling"]
+TASK_TYPES: tuple[str, ...] = ("text_classification", "sequence_labeling")
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("plateau", "onecycle", "linear_warmup", "cyclic", "none")
+CHAR_EMBEDDINGS = ("none", "lstm", "cnn")
+DOCUMENT_ENCODERS = ("mean", "max", "lstm", "gru", "cnn")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+STORAGE_MODES = ("none", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Every model and optimizer hyperparameter, by the name a search space uses for it.
+
+    Field defaults are the text-classification defaults; use :func:`defaults_for` (or
+    :meth:`from_mapping` with a task type) to get the defaults of a task.
+    """
+
+    # --- optimizer and schedule -------------------------------------------------------------
+    optimizer: str = "adamw"                 # sgd | adamw
+    learning_rate: float = 1e-3
+    mini_batch_size: int = 32
+    mini_batch_chunk_size: int | None = None  # gradient accumulation: forward/backward in chunks
+    weight_decay: float = 0.0
+    momentum: float = 0.0                    # SGD only (also the cyclic scheduler's momentum cycling)
+    scheduler: str = "plateau"               # plateau | onecycle | linear_warmup | cyclic | none
+    anneal_factor: float = 0.5               # plateau: lr *= anneal_factor when the dev score stalls
+    anneal_patience: int = 1                 # plateau: epochs without improvement before annealing
+    warmup_fraction: float = 0.1             # linear_warmup/onecycle: share of all steps spent warming up
+    cyclic_base_lr: float | None = None      # cyclic: lower bound (default learning_rate / 10)
+    cyclic_max_lr: float | None = None       # cyclic: upper bound (default learning_rate)
+    clip_grad_norm: float | None = 5.0       # None (or 0) = no clipping
+    # --- embeddings ---------------------------------------------------------------------------
+    embedding_dim: int = 128                 # trainable word embeddings; 0 = none
+    min_word_freq: int = 1                   # rarer training words map to <unk>
+    pretrained_embeddings: str | None = None  # URI/path of word2vec/GloVe text vectors
+    freeze_pretrained: bool = True
+    char_embeddings: str = "none"            # none | lstm | cnn (per-token character encoder)
+    char_embedding_dim: int = 25
+    char_hidden_size: int = 25               # char-LSTM hidden size per direction / char-CNN filters
+    transformer: str | None = None           # local path/URI of Hugging Face weights (optional feature)
+    # --- regularisation -------------------------------------------------------------------------
+    dropout: float = 0.5
+    word_dropout: float = 0.05               # training: a word id becomes <unk> (chars stay)
+    locked_dropout: float = 0.0
+    # --- encoder / head ---------------------------------------------------------------------
+    document_encoder: str = "cnn"            # classification: mean | max | lstm | gru | cnn
+    hidden_size: int = 128                   # RNN hidden size per direction
+    rnn_layers: int = 1
+    bidirectional: bool = True
+    cnn_kernel_sizes: tuple[int, ...] = (3, 4, 5)
+    cnn_filters: int = 100
+    use_rnn: bool = True                     # tagging: BiLSTM over the embeddings
+    use_crf: bool = True                     # tagging: CRF output layer with Viterbi decoding
+    reproject_embeddings: bool = True        # tagging: a linear map of the stacked embeddings
+    max_length: int = 256                    # longer inputs are truncated (with a warning)
+
+    # --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None, task_type: str | None = None,
+                     path: str = "spec.model", base: "Hyperparameters | None" = None) -> "Hyperparameters":
+        """Build from a mapping of names to values (numbers, bools or Katib strings).
+
+        Unset fields come from ``base`` when given, else from the task's defaults
+        (:func:`defaults_for`). Raises :class:`ConfigError` naming every bad field as ``path.name``.
+        """
+        problems: list[Problem] = []
+        if base is None:
+            if task_type is not None and task_type not in TASK_TYPES:
+                raise ConfigError([Problem("spec.task.type", f"unknown task type {task_type!r}; "
+                                                           f"use one of {', '.join(TASK_TYPES)}")])
+            base = defaults_for(task_type) if task_type else cls()
+        values = _coerce_all(mapping or {}, path, problems)
+        hp = dataclasses.replace(base, **values)
+        problems += hp.problems(path)
+        if problems:
+            raise ConfigError(problems)
+        return hp
+
+    def with_overrides(self, mapping: Mapping[str, Any], path: str = "hyperparameters") -> "Hyperparameters":
+        """A copy with ``mapping`` applied (strings coerced, the result validated)."""
+        return Hyperparameters.from_mapping(mapping, path=path, base=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (kernel sizes as a list)."""
+        out = dataclasses.asdict(self)
+        out["cnn_kernel_sizes"] = list(self.cnn_kernel_sizes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Hyperparameters":
+        """Inverse of :meth:`to_dict` (unknown keys, e.g. from a newer version, are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls.from_mapping({k: v for k, v in data.items() if k in known}, path="hyperparameters", base=cls())
+
+    def problems(self, path: str = "spec.model") -> list[Problem]:
+        """Every constraint this combination of values breaks (empty when valid)."""
+        out: list[Problem] = []
+        for f in fields(self):
+            spec = _SPECS[f.name]
+            message = spec.check(getattr(self, f.name))
+            if message:
+                out.append(Problem(f"{path}.{f.name}", message))
+        if self.mini_batch_chunk_size is not None and self.mini_batch_chunk_size > self.mini_batch_size:
+            out.append(Problem(f"{path}.mini_batch_chunk_size",
+                               f"{self.mini_batch_chunk_size} is larger than mini_batch_size "
+                               f"{self.mini_batch_size}; use a value <= mini_batch_size (or null for none)"))
+        if (self.cyclic_base_lr is not None and self.cyclic_max_lr is not None
+                and self.cyclic_base_lr >= self.cyclic_max_lr):
+            out.append(Problem(f"{path}.cyclic_base_lr",
+                               f"{self.cyclic_base_lr:g} is not below cyclic_max_lr {self.cyclic_max_lr:g}"))
+        if (self.embedding_dim == 0 and self.pretrained_embeddings is None and self.char_embeddings == "none"
+                and self.transformer is None):
+            out.append(Problem(f"{path}.embedding_dim",
+                               "0 with no pretrained_embeddings, char_embeddings or transformer leaves the "
+                               "model without any input representation; set embedding_dim > 0"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How to train: the spec's ``train`` block (same names, snake_case) plus trainer-only settings."""
+
+    max_epochs: int = 20
+    patience: int = 3                        # early stopping: epochs without a better dev score
+    training_runs: int = 1                   # repeats with seeds seed, seed+1, ...; scores are averaged
+    seed: int = 1
+    device: str = "auto"                     # auto | cpu | cuda
+    precision: str = "auto"                  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    embeddings_storage_mode: str = "none"    # none | cpu | gpu: cache outputs of frozen embeddings
+    min_learning_rate: float = 1e-7          # plateau scheduler: stop once annealed below this
+    # trainer-only settings
+    eval_batch_size: int | None = None       # default: 2 x mini_batch_size
+    num_threads: int | None = None           # torch intra-op threads on CPU (None: torch's default)
+    keep_best: bool = True                   # the final model is the best-dev epoch's weights
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None, path: str = "spec.train",
+                     base: "TrainerConfig | None" = None) -> "TrainerConfig":
+        """Build from snake_case (or Katib-style camelCase) names; strings are coerced."""
+        base = base or cls()
+        problems: list[Problem] = []
+        values: dict[str, Any] = {}
+        known = {f.name for f in fields(cls)}
+        for raw_key, raw in (mapping or {}).items():
+            key = _snake(str(raw_key))
+            if key not in known:
+                problems.append(Problem(f"{path}.{raw_key}", _unknown(str(raw_key), known)))
+                continue
+            try:
+                values[key] = _TRAINER_SPECS[key].coerce(raw)
+            except ValueError as exc:
+                problems.append(Problem(f"{path}.{raw_key}", str(exc)))
+        cfg = dataclasses.replace(base, **values)
+        problems += cfg.problems(path)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def problems(self, path: str = "spec.train") -> list[Problem]:
+        out = []
+        for f in fields(self):
+            message = _TRAINER_SPECS[f.name].check(getattr(self, f.name))
+            if message:
+                out.append(Problem(f"{path}.{f.name}", message))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# Task defaults
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Kim (2014)-style CNN over n-grams of trainable embeddings; AdamW, anneal on plateau.
+    "text_classification": {},
+    # Lample et al. (2016)/Flair-style BiLSTM-CRF with a character BiLSTM per token.
+    "sequence_labeling": {
+        "optimizer": "adamw", "learning_rate": 2e-3, "mini_batch_size": 32,
+        "embedding_dim": 100, "char_embeddings": "lstm", "char_embedding_dim": 25, "char_hidden_size": 25,
+        "dropout": 0.0, "word_dropout": 0.05, "locked_dropout": 0.5,
+        "hidden_size": 128, "use_rnn": True, "use_crf": True, "reproject_embeddings": True,
+        "max_length": 256,
+    },
+}
+
+
+def defaults_for(task_type: str | None) -> Hyperparameters:
+    """The default hyperparameters of ``task_type`` (the field defaults when ``None``)."""
+    if task_type is None:
+        return Hyperparameters()
+    if task_type not in TASK_DEFAULTS:
+        raise ConfigError([Problem("spec.task.type", f"unknown task type {task_type!r}; "
+                                                   f"use one of {', '.join(TASK_TYPES)}")])
+    return dataclasses.replace(Hyperparameters(), **TASK_DEFAULTS[task_type])
+
+
+def validate_model_block(model: Any, task_type: str | None, path: str = "spec.model") -> list[Problem]:
+    """Every problem of a spec's ``model`` block (a mapping of hyperparameter names to values)."""
+    if model is None:
+        return []
+    if not isinstance(model, Mapping):
+        return [Problem(path, f"must be a mapping of hyperparameter names to values, got {type(model).__name__}")]
+    try:
+        Hyperparameters.from_mapping(model, task_type, path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
+# ------------------------------------------------------------------------------------------------
+# Coercion and checks, one small spec per field
+
+
+@dataclass(frozen=True)
+class _Spec:
+    coerce: Callable[[Any], Any]
+    check: Callable[[Any], str | None] = field(default=lambda v: None)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "y", "1", "on"}:
+        return True
+    if text in {"false", "no", "n", "0", "off"}:
+        return False
+    raise ValueError(f"{value!r} is not a boolean; use true or false")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{value!r} is not a finite number")
+    return out
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        as_float = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+    if not as_float.is_integer():
+        raise ValueError(f"{value!r} is not an integer")
+    return int(as_float)
+
+
+def _none_text(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"})
+
+
+def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if _none_text(v) else inner(v)
+
+
+def _choice(options: Iterable[str]) -> Callable[[Any], str]:
+    opts = tuple(options)
+
+    def coerce(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in opts:
+            raise ValueError(f"{value!r} is not one of {', '.join(opts)}")
+        return text
+    return coerce
+
+
+def _to_int_tuple(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        parts = [p for p in value.replace(";", ",").replace(" ", ",").strip("[]()").split(",") if p]
+    elif isinstance(value, Iterable):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        out = tuple(_to_int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a list of integers (e.g. \"3,4,5\")") from None
+    if not out:
+        raise ValueError(f"{value!r} is empty; give at least one kernel size (e.g. \"3,4,5\")")
+    return out
+
+
+def _to_str(value: Any) -> str:
+    return str(value).strip()
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            return f"{v!r} is too small; it must be {'>' if lo_open else '>='} {lo:g}"
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            return f"{v!r} is too large; it must be {'<' if hi_open else '<='} {hi:g}"
+        return None
+    return check
+
+
+def _kernels_check(v: tuple[int, ...]) -> str | None:
+    bad = [k for k in v if k < 1]
+    return f"kernel sizes must be >= 1, got {list(v)}" if bad else None
+
+
+def _clip_coerce(value: Any) -> float | None:
+    out = _optional(_to_float)(value)
+    return None if out == 0 else out
+
+
+_SPECS: dict[str, _Spec] = {
+    "optimizer": _Spec(_choice(OPTIMIZERS)),
+    "learning_rate": _Spec(_to_float, _range(0, lo_open=True)),
+    "mini_batch_size": _Spec(_to_int, _range(1)),
+    "mini_batch_chunk_size": _Spec(_optional(_to_int), _range(1)),
+    "weight_decay": _Spec(_to_float, _range(0)),
+    "momentum": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "scheduler": _Spec(_choice(SCHEDULERS)),
+    "anneal_factor": _Spec(_to_float, _range(0, 1, lo_open=True, hi_open=True)),
+    "anneal_patience": _Spec(_to_int, _range(0)),
+    "warmup_fraction": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "cyclic_base_lr": _Spec(_optional(_to_float), _range(0, lo_open=True)),
+    "cyclic_max_lr": _Spec(_optional(_to_float), _range(0, lo_open=True)),
+    "clip_grad_norm": _Spec(_clip_coerce, _range(0, lo_open=True)),
+    "embedding_dim": _Spec(_to_int, _range(0)),
+    "min_word_freq": _Spec(_to_int, _range(1)),
+    "pretrained_embeddings": _Spec(_optional(_to_str)),
+    "freeze_pretrained": _Spec(_to_bool),
+    "char_embeddings": _Spec(_choice(CHAR_EMBEDDINGS)),
+    "char_embedding_dim": _Spec(_to_int, _range(1)),
+    "char_hidden_size": _Spec(_to_int, _range(1)),
+    "transformer": _Spec(_optional(_to_str)),
+    "dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "word_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "locked_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "document_encoder": _Spec(_choice(DOCUMENT_ENCODERS)),
+    "hidden_size": _Spec(_to_int, _range(1)),
+    "rnn_layers": _Spec(_to_int, _range(1)),
+    "bidirectional": _Spec(_to_bool),
+    "cnn_kernel_sizes": _Spec(_to_int_tuple, _kernels_check),
+    "cnn_filters": _Spec(_to_int, _range(1)),
+    "use_rnn": _Spec(_to_bool),
+    "use_crf": _Spec(_to_bool),
+    "reproject_embeddings": _Spec(_to_bool),
+    "max_length": _Spec(_to_int, _range(1)),
+}
+
+_TRAINER_SPECS: dict[str, _Spec] = {
+    "max_epochs": _Spec(_to_int, _range(1)),
+    "patience": _Spec(_to_int, _range(0)),
+    "training_runs": _Spec(_to_int, _range(1)),
+    "seed": _Spec(_to_int, _range(0)),
+    "device": _Spec(_choice(DEVICES)),
+    "precision": _Spec(_choice(PRECISIONS)),
+    "embeddings_storage_mode": _Spec(_choice(STORAGE_MODES)),
+    "min_learning_rate": _Spec(_to_float, _range(0)),
+    "eval_batch_size": _Spec(_optional(_to_int), _range(1)),
+    "num_threads": _Spec(_optional(_to_int), _range(1)),
+    "keep_best": _Spec(_to_bool),
+}
+
+HYPERPARAMETER_NAMES: frozenset[str] = frozenset(f.name for f in fields(Hyperparameters))
+TRAINER_FIELD_NAMES: frozenset[str] = frozenset(f.name for f in fields(TrainerConfig))
+
+if set(_SPECS) != HYPERPARAMETER_NAMES or set(_TRAINER_SPECS) != TRAINER_FIELD_NAMES:  # pragma: no cover
+    raise RuntimeError("config.py: every field needs a coercion spec")
+
+
+def _snake(name: str) -> str:
+    out = []
+    for ch in name:
+        if ch.isupper():
+            out.append("_")
+            out.append(ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out).lstrip("_")
+
+
+def _unknown(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}{hint}"
+
+
+def _coerce_all(mapping: Mapping[str, Any], path: str, problems: list[Problem]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, raw in mapping.items():
+        name = str(key)
+        if name not in _SPECS:
+            problems.append(Problem(f"{path}.{name}",
+                                    _unknown(name, HYPERPARAMETER_NAMES) + " (a hyperparameter name is expected)"))
+            continue
+        try:
+            values[name] = _SPECS[name].coerce(raw)
+        except ValueError as exc:
+            problems.append(Problem(f"{path}.{name}", str(exc)))
+    return values
+
+
+def parse_assignments(items: Iterable[str], path: str = "--set") -> dict[str, str]:
+    """``["learning_rate=0.01", "use_crf=false"]`` -> a mapping for :meth:`Hyperparameters.from_mapping`."""
+    out: dict[str, str] = {}
+    problems = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            problems.append(Problem(path, f"{item!r} is not name=value (e.g. learning_rate=0.01)"))
+            continue
+        out[name.strip()] = value.strip()
+    if problems:
+        raise ConfigError(problems)
+    return out

@@ -1,0 +1,162 @@
+"""The model file: one ``torch.save`` file with everything prediction needs.
+
+Contents (a dict of plain types and tensors, so it loads with ``weights_only=True``):
+``format`` ("kftune-model"), ``format_version`` (:data:`FORMAT_VERSION`), ``kftune_version``,
+``task`` (type, label type, tag scheme), ``hyperparameters``, ``encoder`` (word/char/pretrained
+vocabularies, label dictionary, max length), ``state_dict`` and ``metadata`` (dev score, epochs, ...).
+
+:func:`load_model` refuses a file that is not a kftune model or has another format version, with a
+message that says what the file is and what to do (:class:`IncompatibleModelError`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kftune._version import __version__
+from kftune.core.errors import ArtifactNotFoundError, DataError
+from kftune.nlp.config import Hyperparameters
+from kftune.nlp.data import TaskInfo, TextEncoder
+from kftune.nlp.models import Model, build_model
+
+FORMAT = "kftune-model"
+FORMAT_VERSION = 1
+
+
+class IncompatibleModelError(DataError):
+    """A file that is not a kftune model file, or one written in another format version."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :func:`kftune.nlp.predict.predict`: the network (in eval mode, on
+    ``device``), its encoder, hyperparameters, task and the metadata saved with it."""
+
+    model: Model
+    encoder: TextEncoder
+    hyperparameters: Hyperparameters
+    task: TaskInfo
+    metadata: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    kftune_version: str = __version__
+
+    @property
+    def labels(self) -> list[str]:
+        """The label (or tag) names the model can output, without ``<unk>``."""
+        return self.encoder.labels.itos[1:]
+
+
+def model_payload(model: Model, encoder: TextEncoder, hp: Hyperparameters,
+                  metadata: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None
+                  ) -> dict[str, Any]:
+    """The dict that :func:`save_model` writes (``state_dict`` defaults to the model's, on the CPU)."""
+    state = state_dict if state_dict is not None else model.state_dict()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kftune_version": __version__,
+        "task": encoder.task.to_dict(),
+        "hyperparameters": hp.to_dict(),
+        "encoder": encoder.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def save_model(model: Model, encoder: TextEncoder, hp: Hyperparameters, target: str | Path, *,
+               metadata: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> str:
+    """Write the model file to ``target`` (a local path or ``s3://bucket/key``), atomically.
+    Returns the URI written."""
+    payload = model_payload(model, encoder, hp, metadata, state_dict)
+    text = str(target)
+    if "://" in text and not text.startswith("file://"):
+        from kftune.io.store import open_store
+
+        root, _, key = text.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
+            local = Path(tmp) / "model.pt"
+            torch.save(payload, local)
+            open_store(root).put_file(key, local)
+        return text
+    path = Path(text.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return str(path.resolve())
+
+
+def _read_bytes(uri: str) -> bytes:
+    if "://" in uri and not uri.startswith("file://"):
+        from kftune.io.store import open_store
+
+        root, _, key = uri.rpartition("/")
+        return open_store(root).get_bytes(key)
+    path = Path(uri.removeprefix("file://"))
+    if not path.is_file():
+        raise ArtifactNotFoundError(uri)
+    return path.read_bytes()
+
+
+def read_payload(uri_or_path: str | Path) -> dict[str, Any]:
+    """The checked payload of a model file (see the module docstring)."""
+    uri = str(uri_or_path)
+    data = _read_bytes(uri)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a kftune model"
+        raise IncompatibleModelError(
+            f"{uri}: not a kftune model file (torch.load could not read it safely: {type(exc).__name__}); "
+            "pass the model.pt written by `kftune train`") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise IncompatibleModelError(
+            f"{uri}: not a kftune model file (no '{FORMAT}' format marker); pass the model.pt written by "
+            "`kftune train`")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        writer = payload.get("kftune_version", "unknown")
+        raise IncompatibleModelError(
+            f"{uri}: model file format version {version!r} (written by kftune {writer}); this kftune "
+            f"{__version__} reads format version {FORMAT_VERSION}. Load it with kftune {writer}, or retrain "
+            "the model with this version")
+    return payload
+
+
+def load_model(uri_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file written by :func:`save_model` (``kftune train``'s ``model.pt``).
+
+    Raises :class:`IncompatibleModelError` for a non-kftune file or another format version, and
+    :class:`~kftune.core.errors.ArtifactNotFoundError` when the file does not exist.
+    """
+    payload = read_payload(uri_or_path)
+    try:
+        encoder = TextEncoder.from_dict(payload["encoder"])
+        hp = Hyperparameters.from_dict(payload["hyperparameters"])
+        task = TaskInfo.from_dict(payload["task"])
+        state = payload["state_dict"]
+        pretrained = None
+        if hp.pretrained_embeddings is not None:
+            weights = state["embeddings.embeddings.pretrained.embedding.weight"]
+            pretrained = torch.zeros_like(weights)
+        model = build_model(task.type, hp, encoder, pretrained_weights=pretrained)
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise IncompatibleModelError(f"{uri_or_path}: damaged kftune model file ({type(exc).__name__}: {exc})") from None
+    dev = torch.device(device)
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model=model, encoder=encoder, hyperparameters=hp, task=task,
+                       metadata=dict(payload.get("metadata") or {}), device=dev,
+                       kftune_version=str(payload.get("kftune_version")))

@@ -1,0 +1,383 @@
+"""``kftune train``: train a text classifier or sequence tagger on a prepared corpus.
+
+Reads the corpus step's output (a directory or store URI), trains ``training_runs`` models with
+seeds ``seed, seed+1, ...`` and writes under ``--out`` (a directory or ``s3://`` URI):
+
+    model.pt              the best run's best-dev weights + vocabularies + labels + config (one file)
+    loss.tsv              per epoch: epoch, time, learning_rate, train_loss, dev_loss, dev_score, ...
+    training_curve.png    losses and dev score per epoch, learning rate on a second axis
+    checkpoints/run-N.pt  the last checkpoint of run N (every epoch; on SIGTERM mid-epoch too)
+    result.json           the :class:`TrainResult`
+
+``--resume`` continues from the checkpoints and ends where an uninterrupted run would. SIGTERM
+(pod eviction) writes a checkpoint and exits with code 143. Metrics go to the sinks of
+``kftune.io.metrics.sinks_from_env`` per epoch (train_loss, dev_loss, dev_score, learning_rate,
+samples_per_second, epoch, epoch_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from kftune.core.errors import ConfigError, DataError, Problem
+from kftune.nlp.config import Hyperparameters, TrainerConfig, parse_assignments
+from kftune.steps._common import add_common_arguments, run_main
+
+log = logging.getLogger(__name__)
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM: the checkpoint is written; run again with --resume
+LOSS_COLUMNS = ("epoch", "time", "learning_rate", "train_loss", "dev_loss", "dev_score", "seconds",
+                "samples_per_second", "run")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training needs.
+
+    ``corpus``: the corpus step's output (directory or store URI). ``out``: where outputs go
+    (directory or store URI). ``task_type``: checked against ``corpus.json`` when given (a spec's
+    ``task.type``). ``until_epoch``: stop after this epoch with status ``paused`` (a successive-halving
+    budget); a later run with ``resume=True`` continues. ``handle_signals``: turn SIGTERM into a
+    checkpoint and :class:`~kftune.nlp.trainer.TrainingInterrupted` (main thread only).
+    """
+
+    corpus: str
+    out: str
+    hyperparameters: Hyperparameters | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task_type: str | None = None
+    resume: bool = False
+    run_id: str | None = None
+    trial: str | None = None
+    until_epoch: int | None = None
+    handle_signals: bool = True
+    metrics_jsonl: str | None = None
+    show_progress: bool = True
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if not self.corpus:
+            out.append(Problem("corpus", "is empty; give the output directory or URI of `kftune corpus`"))
+        if not self.out:
+            out.append(Problem("out", "is empty; give a directory or store URI for the outputs"))
+        if self.until_epoch is not None and self.until_epoch < 1:
+            out.append(Problem("until_epoch", f"{self.until_epoch} must be >= 1"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training produced. ``dev_score`` is the mean of the runs' best dev scores (one run:
+    that run's); the model file holds the best run's best epoch."""
+
+    status: str
+    task: str
+    dev_score: float
+    dev_scores: tuple[float, ...]
+    best_run: int
+    best_epoch: int
+    epochs: int
+    seconds: float
+    samples_per_second: float
+    model_uri: str | None
+    out_uri: str
+    hyperparameters: dict[str, Any]
+    trainer: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["dev_scores"] = list(self.dev_scores)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Corpus and signals
+
+
+@contextlib.contextmanager
+def _local_corpus(uri: str) -> Iterator[Path]:
+    """A local directory with the corpus files (a store URI is copied to a temporary directory)."""
+    if "://" not in uri or uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_dir():
+            raise ConfigError([Problem("corpus", f"{uri}: not a directory; give the output of `kftune corpus`")])
+        yield path
+        return
+    from kftune.io.store import open_store
+
+    store = open_store(uri)
+    with tempfile.TemporaryDirectory(prefix="kftune-corpus-") as tmp:
+        for name in ("corpus.json", "train.jsonl", "dev.jsonl", "test.jsonl"):
+            if name == "test.jsonl" and not store.exists(name):
+                continue
+            store.get_file(name, Path(tmp) / name)
+        yield Path(tmp)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+@contextlib.contextmanager
+def _sigterm_to_flag(enabled: bool) -> Iterator[_StopFlag]:
+    flag = _StopFlag()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: writing a checkpoint, then exiting (resume with --resume)")
+        flag.event.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def loss_tsv(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["\t".join(LOSS_COLUMNS)]
+    for r in rows:
+        lines.append("\t".join([
+            str(r["epoch"]), str(r["timestamp"]), f"{r['learning_rate']:.6g}", f"{r['train_loss']:.6f}",
+            f"{r['dev_loss']:.6f}", f"{r['dev_score']:.6f}", f"{r['seconds']:.3f}",
+            f"{r['samples_per_second']:.1f}", str(r["run"])]))
+    return "\n".join(lines) + "\n"
+
+
+def _write_plot(store: Any, rows: Sequence[dict[str, Any]], title: str) -> None:
+    from kftune.nlp.plots import plot_training_curve
+
+    with tempfile.TemporaryDirectory(prefix="kftune-plot-") as tmp:
+        path = plot_training_curve(rows, Path(tmp) / "training_curve.png", title=title)
+        store.put_file("training_curve.png", path)
+
+
+# ------------------------------------------------------------------------------------------------
+# run()
+
+
+def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train as ``config`` says (see the module docstring). ``callbacks`` get
+    ``on_epoch_end(epoch, EpochResult) -> bool`` (``True`` stops the run)."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    import torch
+
+    from kftune.io.metrics import sinks_from_env
+    from kftune.io.store import open_store, put_json, put_text
+    from kftune.nlp.checkpoint import CheckpointStore, seed_everything
+    from kftune.nlp.data import SPLITS, TextEncoder, read_corpus_info, read_split, task_from_corpus_info
+    from kftune.nlp.embeddings import load_pretrained_vectors
+    from kftune.nlp.model_io import save_model
+    from kftune.nlp.models import build_model
+    from kftune.nlp.trainer import Trainer, resolve_device
+
+    started = time.perf_counter()
+    tcfg = config.trainer
+    with _local_corpus(config.corpus) as corpus_dir:
+        info = read_corpus_info(corpus_dir)
+        task = task_from_corpus_info(info)
+        if config.task_type is not None and config.task_type != task.type:
+            raise ConfigError([Problem("spec.task.type", f"{config.task_type!r}, but the corpus at {config.corpus} "
+                                                         f"is {task.type!r}; train on a matching corpus")])
+        splits = {s: read_split(corpus_dir / f"{s}.jsonl", task.type)
+                  for s in SPLITS if (corpus_dir / f"{s}.jsonl").exists()}
+    if "train" not in splits or "dev" not in splits:
+        raise DataError(f"{config.corpus}: needs train.jsonl and dev.jsonl")
+    hp = config.hyperparameters or Hyperparameters.from_mapping({}, task.type)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = resolve_device(tcfg.device)
+
+    encoder = TextEncoder.build(task, splits["train"], min_word_freq=hp.min_word_freq, max_length=hp.max_length,
+                                use_chars=hp.char_embeddings != "none")
+    pretrained_weights = None
+    if hp.pretrained_embeddings is not None:
+        wanted = {t for exs in splits.values() for ex in exs for t in ex.tokens}
+        encoder.pretrained, pretrained_weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
+    train_data = encoder.encode(splits["train"], "train", training=True)
+    dev_data = encoder.encode(splits["dev"], "dev")
+    log.info("%s (%s): %d train / %d dev sentences, %d words, %d labels, device %s",
+             task.corpus_name, task.type, train_data.num_usable, len(dev_data), len(encoder.words),
+             len(encoder.labels) - 1, device)
+
+    store = open_store(config.out)
+    sink = sinks_from_env("train", run_id=config.run_id, trial=config.trial, jsonl_path=config.metrics_jsonl)
+    done_rows: list[dict[str, Any]] = []
+    fits = []
+    best_fit_index = 0
+    best_state = None
+    try:
+        with _sigterm_to_flag(config.handle_signals) as stop_flag:
+            for k in range(1, tcfg.training_runs + 1):
+                seed = tcfg.seed + k - 1
+                seed_everything(seed)
+                model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights,
+                                    storage_mode=tcfg.embeddings_storage_mode)
+                checkpoints = CheckpointStore(store, f"checkpoints/run-{k}.pt")
+                if not config.resume and checkpoints.exists():
+                    log.warning("run %d: replacing the checkpoint at %s (pass --resume to continue from it)",
+                                k, checkpoints.uri)
+                    checkpoints.delete()
+                current: list[Trainer] = []  # the trainer below, once made (its history includes resumed epochs)
+
+                def on_epoch_end(epoch: int, result: Any, _k: int = k, _current: list[Trainer] = current) -> bool:
+                    rows = done_rows + [h.to_dict() for h in _current[0].history]
+                    put_text(store, "loss.tsv", loss_tsv(rows))
+                    sink.log({"epoch": epoch, "train_loss": result.train_loss, "dev_loss": result.dev_loss,
+                              "dev_score": result.dev_score, "learning_rate": result.learning_rate,
+                              "samples_per_second": result.samples_per_second, "epoch_seconds": result.seconds},
+                             step=epoch if tcfg.training_runs == 1 else (_k - 1) * tcfg.max_epochs + epoch)
+                    sink.flush()
+                    return False
+
+                trainer = Trainer(model, encoder, train_data, dev_data, hp, tcfg, seed=seed, run=k, device=device,
+                                  callbacks=[on_epoch_end, *callbacks], checkpoints=checkpoints,
+                                  stop_requested=stop_flag, show_progress=config.show_progress)
+                current.append(trainer)
+                fit = trainer.fit(until_epoch=config.until_epoch, resume=config.resume)
+                done_rows += [h.to_dict() for h in fit.history]
+                fits.append(fit)
+                if len(fits) == 1 or fit.best_score > fits[best_fit_index].best_score:
+                    best_fit_index = len(fits) - 1
+                    best_state = fit.best_state if fit.best_state is not None else fit.final_state
+                del model, trainer
+    finally:
+        sink.close()
+
+    best = fits[best_fit_index]
+    put_text(store, "loss.tsv", loss_tsv(done_rows))
+    if done_rows:
+        _write_plot(store, done_rows, title=task.corpus_name or task.type)
+    scores = tuple(f.best_score for f in fits)
+    mean_score = sum(scores) / len(scores)
+    status = "paused" if any(f.status == "paused" for f in fits) else best.status
+    metadata = {"dev_score": best.best_score, "best_epoch": best.best_epoch, "epochs": best.epochs,
+                "run": best_fit_index + 1, "status": status, "corpus": info.get("name"),
+                "corpus_splits": {s: (info.get("splits", {}).get(s) or {}).get("sha256") for s in SPLITS},
+                "trainer": tcfg.to_dict()}
+    with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
+        local = Path(tmp) / "model.pt"
+        seed_everything(tcfg.seed)
+        final_model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights)
+        save_model(final_model, encoder, hp, local, metadata=metadata, state_dict=best_state)
+        store.put_file("model.pt", local)
+    model_uri = store.uri_for("model.pt")
+    result = TrainResult(
+        status=status, task=task.type, dev_score=mean_score, dev_scores=scores, best_run=best_fit_index + 1,
+        best_epoch=best.best_epoch, epochs=best.epochs, seconds=round(time.perf_counter() - started, 3),
+        samples_per_second=round(sum(f.samples_per_second for f in fits) / len(fits), 2), model_uri=model_uri,
+        out_uri=store.root_uri, hyperparameters=hp.to_dict(), trainer=tcfg.to_dict())
+    put_json(store, "result.json", result.to_dict())
+    with sinks_from_env("train", run_id=config.run_id, trial=config.trial, jsonl_path=config.metrics_jsonl) as final:
+        final.log({"dev_score": mean_score, "epochs": float(best.epochs)}, step=None)
+    log.info("training %s: dev score %.4f (best epoch %d of run %d), model %s", status, mean_score,
+             best.best_epoch, best_fit_index + 1, model_uri)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kftune train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Hyperparameter names for --set: see kftune.nlp.config.Hyperparameters "
+               "(e.g. --set learning_rate=0.01 --set cnn_kernel_sizes=3,4,5 --set use_crf=false).")
+    parser.add_argument("--corpus", required=True, help="output directory or store URI of `kftune corpus`")
+    parser.add_argument("--out", required=True, help="output directory or store URI (s3://bucket/prefix)")
+    parser.add_argument("--spec", help="a TuningJob spec: its model and train blocks give the defaults")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a hyperparameter (repeatable)")
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--patience", type=int)
+    parser.add_argument("--training-runs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--embeddings-storage-mode", choices=("none", "cpu", "gpu"))
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--until-epoch", type=int, help="stop after this epoch (resume later with --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints under --out")
+    parser.add_argument("--run-id", help="run id for metrics grouping (default $KFTUNE_RUN_ID)")
+    parser.add_argument("--trial", help="trial id for metrics grouping")
+    parser.add_argument("--metrics-jsonl", help="also append metrics to this JSONL file")
+    add_common_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` a command line describes (spec defaults, then flags)."""
+    model_block: dict[str, Any] = {}
+    train_block: dict[str, Any] = {}
+    task_type = None
+    if args.spec:
+        from kftune.io.specfile import load_spec
+
+        job = load_spec(args.spec)
+        task_type = job.spec.task.type
+        model_block = dict(job.spec.model)
+        train_block = dataclasses.asdict(job.spec.train)
+    if task_type is None:
+        from kftune.nlp.data import read_corpus_info
+
+        with _local_corpus(args.corpus) as corpus_dir:
+            task_type = read_corpus_info(corpus_dir)["task"]
+    hp = Hyperparameters.from_mapping(model_block, task_type, path="spec.model")
+    if args.assignments:
+        hp = hp.with_overrides(parse_assignments(args.assignments), path="--set")
+    flags = {"max_epochs": args.max_epochs, "patience": args.patience, "training_runs": args.training_runs,
+             "seed": args.seed, "device": args.device, "precision": args.precision,
+             "embeddings_storage_mode": args.embeddings_storage_mode, "num_threads": args.threads}
+    trainer = TrainerConfig.from_mapping(train_block, path="spec.train")
+    trainer = TrainerConfig.from_mapping({k: v for k, v in flags.items() if v is not None}, path="flags",
+                                         base=trainer)
+    return TrainConfig(corpus=args.corpus, out=args.out, hyperparameters=hp, trainer=trainer, task_type=task_type,
+                       resume=args.resume, run_id=args.run_id, trial=args.trial, until_epoch=args.until_epoch,
+                       metrics_jsonl=args.metrics_jsonl)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> int:
+        from kftune.nlp.trainer import TrainingInterrupted
+
+        config = config_from_args(args)
+        try:
+            result = run(config)
+        except TrainingInterrupted as exc:
+            log.warning("%s", exc)
+            return EXIT_TERMINATED
+        print(json.dumps({"status": result.status, "dev_score": round(result.dev_score, 6),
+                          "best_epoch": result.best_epoch, "epochs": result.epochs, "model": result.model_uri}))
+        return 0
+
+    return run_main(body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""`kftune train` end to end: outputs, spec and --set handling, config errors, repeats, stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kftune.nlp.config import Hyperparameters, TrainerConfig
+from kftune.nlp.model_io import load_model
+from kftune.nlp.predict import predict
+from kftune.steps.train import LOSS_COLUMNS, TrainConfig, main, run
+from tests.nlp.synthetic import one_torch_thread, write_corpus
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+_ = one_torch_thread
+
+FAST = ["--threads", "1", "--device", "cpu", "--set", "embedding_dim=16", "--set", "cnn_filters=8",
+        "--set", "learning_rate=0.01"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("train-corpus"), "text_classification", sizes=(200, 40, 20))
+
+
+def _spec(path: Path, task: str = "text_classification", model: dict | None = None, train: dict | None = None) -> Path:
+    doc = {"apiVersion": "kftune.dev/v1alpha1", "kind": "TuningJob", "metadata": {"name": "toy"},
+           "spec": {"corpus": {"name": "TREC_6"}, "task": {"type": task, "labelType": "x"},
+                    "model": model or {}, "lrRangeTest": {"enabled": False},
+                    "search": {"objective": {"type": "maximize", "objectiveMetricName": "dev_score"},
+                               "algorithm": {"algorithmName": "random"}, "parallelTrialCount": 1,
+                               "maxTrialCount": 1,
+                               "parameters": [{"name": "learning_rate", "parameterType": "double",
+                                               "feasibleSpace": {"min": "1e-4", "max": "1e-1"}}]},
+                    "train": train or {}, "resources": {"trialGPU": 0, "finalGPU": 0}}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_cli_writes_every_output(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    metrics = tmp_path / "metrics.jsonl"
+    code = main(["--corpus", str(corpus), "--out", str(out), "--max-epochs", "3", "--metrics-jsonl", str(metrics),
+                 *FAST])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 3 and summary["dev_score"] > 0.8
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "loss.tsv", "model.pt", "result.json",
+                                                     "training_curve.png"]
+    lines = (out / "loss.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == list(LOSS_COLUMNS) and len(lines) == 4
+    assert [line.split("\t")[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "max_epochs" and result["task"] == "text_classification"
+    assert result["hyperparameters"]["embedding_dim"] == 16 and result["trainer"]["max_epochs"] == 3
+    assert result["dev_score"] == max(float(line.split("\t")[5]) for line in lines[1:])
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    names = {k for r in records for k in (r.get("values") or r)}
+    assert {"train_loss", "dev_loss", "dev_score", "learning_rate", "samples_per_second", "epoch"} <= names
+    loaded = load_model(out / "model.pt")
+    assert loaded.metadata["dev_score"] == pytest.approx(result["dev_score"])
+    assert predict(loaded, ["the banana is x"])[0].label == "B"
+
+
+def test_spec_defaults_and_set_overrides(corpus: Path, tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "spec.yaml", model={"document_encoder": "mean", "embedding_dim": 8, "dropout": 0.1},
+                 train={"maxEpochs": 2, "patience": 1, "seed": 3})
+    out = tmp_path / "out"
+    assert main(["--corpus", str(corpus), "--out", str(out), "--spec", str(spec), "--threads", "1",
+                 "--set", "dropout=0.2"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    hp = result["hyperparameters"]
+    assert hp["document_encoder"] == "mean" and hp["embedding_dim"] == 8 and hp["dropout"] == 0.2
+    assert result["trainer"]["max_epochs"] == 2 and result["trainer"]["seed"] == 3 and result["epochs"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "learning_rate=fast"], "--set.learning_rate: 'fast' is not a number"),
+    (["--set", "hiden_size=3"], "did you mean 'hidden_size'"),
+    (["--set", "use_crf"], "not name=value"),
+    (["--max-epochs", "0"], "max_epochs"),
+])
+def test_config_errors_exit_2(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+                              message: str) -> None:
+    assert main(["--corpus", str(corpus), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_spec_task_must_match_corpus(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = _spec(tmp_path / "spec.yaml", task="sequence_labeling")
+    assert main(["--corpus", str(corpus), "--out", str(tmp_path / "o"), "--spec", str(spec)]) == 2
+    assert "spec.task.type" in capsys.readouterr().err
+
+
+def test_missing_corpus_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--corpus", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_training_runs_repeat_with_seeds(corpus: Path, tmp_path: Path) -> None:
+    hp = Hyperparameters.from_mapping({"embedding_dim": 8, "document_encoder": "mean", "learning_rate": 0.01},
+                                      "text_classification")
+    cfg = TrainConfig(corpus=str(corpus), out=str(tmp_path / "o"), hyperparameters=hp, show_progress=False,
+                      trainer=TrainerConfig(max_epochs=2, training_runs=2, seed=4))
+    result = run(cfg)
+    assert len(result.dev_scores) == 2 and result.dev_score == pytest.approx(sum(result.dev_scores) / 2)
+    rows = [line.split("\t") for line in (tmp_path / "o" / "loss.tsv").read_text().splitlines()[1:]]
+    assert [(r[0], r[-1]) for r in rows] == [("1", "1"), ("2", "1"), ("1", "2"), ("2", "2")]
+    assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["run-1.pt", "run-2.pt"]
+    assert load_model(tmp_path / "o" / "model.pt").metadata["run"] == result.best_run
+
+
+def test_budget_then_resume_and_fresh_start(corpus: Path, tmp_path: Path) -> None:
+    hp = Hyperparameters.from_mapping({"embedding_dim": 8, "cnn_filters": 4}, "text_classification")
+    base = dict(corpus=str(corpus), hyperparameters=hp, show_progress=False, trainer=TrainerConfig(max_epochs=3))
+    straight = run(TrainConfig(out=str(tmp_path / "a"), **base))
+    paused = run(TrainConfig(out=str(tmp_path / "b"), until_epoch=1, **base))
+    assert paused.status == "paused" and paused.epochs == 1
+    resumed = run(TrainConfig(out=str(tmp_path / "b"), resume=True, **base))
+    assert resumed.epochs == 3 and resumed.dev_score == straight.dev_score
+    # without resume, the checkpoint is replaced and training starts over (same seed: same result)
+    fresh = run(TrainConfig(out=str(tmp_path / "b"), **base))
+    assert fresh.epochs == 3 and fresh.dev_score == straight.dev_score
+
+
+def test_callbacks_reach_the_trainer(corpus: Path, tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def stop_after_one(epoch, result):
+        seen.append(epoch)
+        return True
+
+    hp = Hyperparameters.from_mapping({"embedding_dim": 8, "document_encoder": "max"}, "text_classification")
+    result = run(TrainConfig(corpus=str(corpus), out=str(tmp_path / "o"), hyperparameters=hp, show_progress=False,
+                             trainer=TrainerConfig(max_epochs=5)), callbacks=[stop_after_one])
+    assert seen == [1] and result.status == "stopped" and result.epochs == 1
+
+
+@pytest.mark.integration
+def test_corpus_and_outputs_in_s3(corpus: Path, s3_env: str) -> None:
+    from kftune.io.store import open_store
+
+    store = open_store(s3_env)
+    for name in ("corpus.json", "train.jsonl", "dev.jsonl", "test.jsonl"):
+        store.put_file(f"corpus/{name}", corpus / name)
+    hp = Hyperparameters.from_mapping({"embedding_dim": 8, "document_encoder": "mean"}, "text_classification")
+    result = run(TrainConfig(corpus=f"{s3_env}/corpus", out=f"{s3_env}/train", hyperparameters=hp,
+                             show_progress=False, trainer=TrainerConfig(max_epochs=2)))
+    assert result.model_uri == f"{s3_env}/train/model.pt"
+    assert {"train/model.pt", "train/loss.tsv", "train/result.json", "train/training_curve.png",
+            "train/checkpoints/run-1.pt"} <= set(store.list("train/"))
+    assert predict(load_model(result.model_uri), ["apple"])[0].label == "A"
+
+
+@pytest.mark.slow
+def test_real_trec6_through_the_corpus_step(corpus_mirror: Path, tmp_path: Path) -> None:
+    """The real chain on real data: `kftune corpus` (TREC_6, 30 %) then `kftune train` in subprocesses."""
+    env = dict(os.environ, KFTUNE_PROGRESS="log")
+    data = tmp_path / "trec6"
+    subprocess.run([sys.executable, "-m", "kftune.cli", "corpus", "--name", "TREC_6", "--downsample", "0.3",
+                    "--out", str(data)], env=env, check=True, capture_output=True)
+    out = tmp_path / "train"
+    done = subprocess.run([sys.executable, "-m", "kftune.cli", "train", "--corpus", str(data), "--out", str(out),
+                           "--max-epochs", "3", "--threads", "1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["dev_score"] > 0.6  # 6 classes: chance is below 0.25
+    loaded = load_model(out / "model.pt")
+    assert set(loaded.labels) == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
+    assert predict(loaded, ["Who wrote Hamlet ?"])[0].label == "HUM"
