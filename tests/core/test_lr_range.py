@@ -10,6 +10,7 @@ import pytest
 
 from kftune.core.errors import ConfigError
 from kftune.core.lr_range import (
+    DEFAULT_METHOD,
     METHODS,
     Curve,
     RangeTestConfig,
@@ -62,7 +63,7 @@ def assert_sensible(result: RangeTestResult) -> None:
     assert result.range is not None
     assert result.range.base_lr <= s["valley"] <= result.range.max_lr
     assert 1e-5 <= result.range.base_lr and result.range.max_lr <= TRUE_MIN_LR
-    assert result.lr == s["valley"] and result.method == "valley"
+    assert result.lr == s[DEFAULT_METHOD] and result.method == DEFAULT_METHOD
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -375,7 +376,7 @@ def test_result_round_trips_through_strict_json() -> None:
     assert math.isnan(back.losses[90]) and back.lrs == result.lrs
     d = result.to_dict()
     assert d["range"] == [result.range.base_lr, result.range.max_lr]  # type: ignore[union-attr]
-    assert d["losses"][90] is None and d["method"] == "valley"
+    assert d["losses"][90] is None and d["method"] == DEFAULT_METHOD
 
 
 def test_analyze_drops_points_after_the_stop_and_checks_its_input() -> None:

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from kftune.core.lr_range import DEFAULT_METHOD
 from kftune.core.lr_range import RangeTestConfig, RangeTestResult, RangeTestState, analyze, schedule
 from kftune.nlp.lr_plots import format_lr, learning_rate_tsv, lr_curve_png, render_lr_html, render_lr_markdown
 
@@ -78,14 +79,14 @@ def test_markdown_names_the_suggestion_the_range_and_every_heuristic(u_result: R
     assert f"[{format_lr(u_result.range.base_lr)}, {format_lr(u_result.range.max_lr)}]" in md
     for s in u_result.suggestions.values():
         assert format_lr(s.lr) in md
-    assert "valley (chosen)" in md and "Diverged after" in md and "startLR 1e-07" in md
+    assert "minimum / 10 (chosen)" in md and "Diverged after" in md and "startLR 1e-07" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + 3 and all(line.count("|") == 4 for line in table)  # header, rule, 3 rows
 
 
 def test_markdown_says_why_there_is_no_suggestion(flat_result: RangeTestResult) -> None:
     md = render_lr_markdown(flat_result)
-    assert "**No suggestion** (valley): flat" in md and "No range" in md
+    assert f"**No suggestion** ({DEFAULT_METHOD}): " in md and "flat" in md and "No range" in md
     assert "Suggested learning rate" not in md
 
 
