@@ -1,0 +1,715 @@
+"""``kftune search``: the hyperparameter search, run locally or inside one pod, resumable.
+
+Round by round (:mod:`kftune.core.search_policy` decides; this module runs and stores), the loop asks
+the sampler for up to ``parallelTrialCount`` new trials, adds the promotions successive halving or
+ASHA makes, runs them as :func:`kftune.steps.trial.run` in a process pool (``forkserver``, torch
+preloaded; each trial gets ``max(1, cores // parallel)`` CPU threads unless ``train.numThreads`` says
+otherwise), reads the trial records back and plans the next round. It stops at ``maxTrialCount``,
+at the objective's goal, when the sampler is exhausted, or after ``maxFailedTrialCount`` failed
+trials (the search then fails, as Katib marks the Experiment, but its outputs are written). Then the
+top ``finalists`` completed trials are re-trained with extra seeds and the winner is chosen on the
+mean over ``finalistRuns`` seeds.
+
+Resumable: every object lives under ``runs/<run>/search/`` in the store. Each round's plan is
+written (``rounds/round-NNNN.json``) before its trials start, and each trial writes its own record
+(``trials/<trial>.json``) and checkpoints (``checkpoints/<trial>/seed-<seed>.pt``). Rerun with the
+same ``--store`` and ``--run-id`` after a kill at any point, and the search re-reads what is there: it
+finishes the interrupted round (a trial that was running resumes from its last checkpoint; a
+finished one is not touched), then plans the following rounds from the same history, so it runs no
+completed trial again and ends with the same result as an uninterrupted run. The spec, the sampler
+seed, the parallelism and the (possibly narrowed) search space are pinned at the first start
+(``spec.yaml``, ``settings.json``, ``space.json``); a rerun with a different spec is refused.
+
+LR range test hand-off: ``--lr-find URI`` (the ``kftune lr-find`` output or its ``result.json``)
+replaces the ``feasibleSpace`` of ``lrRangeTest.applyTo`` by the suggested range
+(:func:`kftune.core.lr_handoff.apply_lr_range`); the note is kept in ``space.json`` and ``best.json``.
+
+Outputs under ``runs/<run>/search/``: ``trials.tsv`` (one row per trial, like Flair's
+``param_selection.txt``), ``trials.json`` (every record), ``best.json`` (the winner: assignment,
+objective mean and spread over seeds, the finalists, why the search stopped), ``objective.png``
+(objective per trial with the best-so-far line), ``parameters.png`` (each parameter against the
+objective), ``summary.md``/``summary.html``, and ``result.json`` (written last: its presence marks a
+finished search). Metrics go to :func:`kftune.io.metrics.sinks_from_env` (step ``search``): the
+counter ``trials{state}`` (once per trial, when its state is final), gauges ``best_objective``,
+``trials_created`` and ``search_epochs``; each trial pushes ``trial_objective`` and ``trial_epochs``
+in its own group. Checkpoints are deleted at the end unless ``--keep-checkpoints``.
+
+Exit codes: 0 the search finished; 1 it stopped at ``maxFailedTrialCount`` (outputs written) or a
+runtime error; 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem
+from kftune.core.search_policy import (SearchPolicy, TrialRequest, Winner, finalist_key, history_from_records,
+                                       round_key, search_prefix, trial_key)
+from kftune.core.space import SearchSpace
+from kftune.core.spec import TuningJob
+from kftune.core.trials import Trial, sign
+from kftune.steps._common import add_common_arguments, run_main
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("process", "inline")
+OUTPUT_FILES = ("trials.tsv", "trials.json", "best.json", "objective.png", "parameters.png", "summary.md",
+                "summary.html", "result.json")
+DIED = ("the trial's process died (killed by the system, e.g. out of memory, or crashed) twice, the second "
+        "time alone")
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and result
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search. ``run_id`` defaults to the spec's ``metadata.name``; ``seed`` (the sampler's) to
+    ``train.seed``; ``parallel`` overrides ``parallelTrialCount``. ``executor`` ``inline`` runs the
+    trials one after another in this process (debugging, tests) instead of a process pool."""
+
+    spec: str
+    corpus: str
+    store: str
+    run_id: str | None = None
+    seed: int | None = None
+    lr_find: str | None = None
+    parallel: int | None = None
+    executor: Literal["process", "inline"] = "process"
+    keep_checkpoints: bool = False
+    show_progress: bool = True
+
+    def problems(self) -> list[Problem]:
+        out = []
+        for name, flag in (("spec", "--spec"), ("corpus", "--corpus"), ("store", "--store")):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                out.append(Problem(f"search.{name}", f"missing: give {flag}"))
+        if self.run_id is not None:
+            try:
+                search_prefix(self.run_id)
+            except ConfigError as exc:
+                out.extend(Problem("search.run_id", p.message) for p in exc.problems)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            out.append(Problem("search.seed", f"{self.seed!r} must be an integer >= 0"))
+        if self.parallel is not None and (isinstance(self.parallel, bool) or not isinstance(self.parallel, int)
+                                          or self.parallel < 1):
+            out.append(Problem("search.parallel", f"{self.parallel!r} must be a positive integer"))
+        if self.executor not in EXECUTORS:
+            out.append(Problem("search.executor", f"{self.executor!r} is not one of {', '.join(EXECUTORS)}"))
+        return out
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search produced. ``status`` ``succeeded`` or ``failed`` (``maxFailedTrialCount`` reached);
+    ``stop_reason`` failures | goal | max_trials | exhausted; ``best`` the winner
+    (:meth:`kftune.core.search_policy.Winner.to_dict`, ``None`` when no trial has a result);
+    ``trials`` counts by state; ``search_epochs`` the training epochs the search's trials used (all
+    runs), ``finalist_epochs`` those of the finalist re-runs."""
+
+    run_id: str
+    status: Literal["succeeded", "failed"]
+    stop_reason: str
+    best: dict[str, Any] | None
+    trials: dict[str, int]
+    rounds: int
+    search_epochs: int
+    finalist_epochs: int
+    seconds: float
+    objective_metric: str
+    objective_type: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    lr_range: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Store helpers
+# --------------------------------------------------------------------------------------------------
+
+def load_records(store: Any, prefix: str) -> list[dict[str, Any]]:
+    """Every JSON record under ``prefix`` (sorted by key); :class:`DataError` naming a broken one."""
+    from kftune.io.store import get_json
+
+    out = []
+    for key in store.list(prefix):
+        if not key.endswith(".json"):
+            continue
+        try:
+            out.append(get_json(store, key))
+        except ArtifactNotFoundError:
+            continue  # deleted between list and get
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{store.uri_for(key)}: not valid JSON ({exc}); delete it to rerun that trial") from None
+    return out
+
+
+def load_history(store: Any, run_id: str) -> tuple[list[dict[str, Any]], list[Trial]]:
+    """The run's trial records (creation order) and the same as :class:`Trial` s."""
+    records = [r for r in load_records(store, f"{search_prefix(run_id)}/trials") if r.get("kind", "trial") == "trial"]
+    history = history_from_records(records)
+    order = {t.id: i for i, t in enumerate(history)}
+    records.sort(key=lambda r: order.get(r.get("id"), len(order)))
+    return records, history
+
+
+def _read_json_uri(uri: str) -> Any:
+    """A JSON document at a path or store URI; a directory (or prefix) means its ``result.json``."""
+    from kftune.io.store import get_json, open_store
+
+    text = uri.removeprefix("file://")
+    if "://" not in text and os.path.isdir(text):
+        text = os.path.join(text, "result.json")
+    if not text.endswith(".json"):
+        text = text.rstrip("/") + "/result.json"
+    root, _, key = text.rpartition("/")
+    try:
+        return get_json(open_store(root or "."), key)
+    except ArtifactNotFoundError as exc:
+        raise ConfigError([Problem("search.lr_find", f"{uri}: no such file; give the output of `kftune lr-find` "
+                                                     "or its result.json")]) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{uri}: not valid JSON ({exc})") from None
+
+
+def _pin(store: Any, prefix: str, job: TuningJob, config: SearchConfig) -> tuple[int, int]:
+    """Write (first start) or compare (rerun) the spec and settings; return ``(seed, parallel)``."""
+    from kftune.io.specfile import dump_spec
+    from kftune.io.store import get_json, get_text, put_json, put_text
+
+    text = dump_spec(job)
+    key = f"{prefix}/spec.yaml"
+    if store.exists(key):
+        if get_text(store, key) != text:
+            raise ConfigError([Problem("search.spec", f"run {prefix.split('/')[1]!r} was started with another spec "
+                                                      f"({store.uri_for(key)}); rerun with that spec to resume it, "
+                                                      "or give a new --run-id")])
+    settings_key = f"{prefix}/settings.json"
+    wanted = {"seed": config.seed if config.seed is not None else job.spec.train.seed,
+              "parallel": config.parallel or job.spec.search.parallel_trial_count}
+    if store.exists(settings_key):
+        pinned = get_json(store, settings_key)
+        for name, flag in (("seed", "--seed"), ("parallel", "--parallel")):
+            given = config.seed if name == "seed" else config.parallel
+            if given is not None and given != pinned.get(name):
+                raise ConfigError([Problem(f"search.{name}", f"{given} differs from the {pinned.get(name)} this run "
+                                                             f"started with; drop {flag} to resume it, or give a "
+                                                             "new --run-id")])
+        wanted = {"seed": int(pinned["seed"]), "parallel": int(pinned["parallel"])}
+    else:
+        put_json(store, settings_key, wanted)
+    if not store.exists(key):
+        put_text(store, key, text)
+    return wanted["seed"], wanted["parallel"]
+
+
+def prepare_space(store: Any, run_id: str, job: TuningJob,
+                  lr_find: str | None = None) -> tuple[SearchSpace, dict[str, Any] | None]:
+    """The run's search space and the LR range test's note: read from ``runs/<run>/search/space.json``
+    when the run has one, else built from the spec (narrowed by the ``kftune lr-find`` output
+    ``lr_find`` when given) and written there, so that every later trial (``kftune trial``, a
+    pipeline's trial task, a Katib trial of this run) validates its assignment against it."""
+    from kftune.io.store import get_json, put_json
+    from kftune.steps.trial import search_space_for
+
+    key = f"{search_prefix(run_id)}/space.json"
+    if store.exists(key):
+        pinned = get_json(store, key)
+        return search_space_for(store, run_id, job), pinned.get("lr_range")
+    params = job.spec.search.parameters
+    note = None
+    notes: list[str] = []
+    if lr_find:
+        from kftune.core.lr_handoff import apply_lr_range
+
+        params, note = apply_lr_range(params, _read_json_uri(lr_find), job.spec.lr_range_test.apply_to)
+        note = {**note, "source": lr_find}
+        notes.append(str(note.get("reason")))
+        log.info("LR range test hand-off: %s", note.get("reason"))
+    space = SearchSpace.from_parameters(params)
+    space = SearchSpace(space.parameters, tuple(notes))
+    put_json(store, key, {"parameters": space.to_katib(), "notes": list(space.notes), "lr_range": note})
+    return space, note
+
+
+def _check_corpus(uri: str, task_type: str) -> None:
+    """Fail before any trial when the corpus is missing or holds another task (no torch import)."""
+    from kftune.io.store import get_json, open_store
+
+    store = open_store(uri)
+    try:
+        info = get_json(store, "corpus.json")
+    except ArtifactNotFoundError as exc:
+        raise ConfigError([Problem("search.corpus", f"{uri}: no corpus.json; give the output of `kftune corpus`")]) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{store.uri_for('corpus.json')}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("task") != task_type:
+        task = info.get("task") if isinstance(info, dict) else None
+        raise ConfigError([Problem("spec.task.type", f"{task_type}, but the corpus at {uri} holds {task!r} data")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Running requests: a process pool, or inline
+# --------------------------------------------------------------------------------------------------
+
+_PARENT_PID: int | None = None
+_JOBS: dict[str, TuningJob] = {}
+
+
+def _init_worker(level: int) -> None:
+    """Process-pool initializer: logging, and the parent's pid (a worker whose search died stops)."""
+    global _PARENT_PID
+    _PARENT_PID = os.getppid()
+    os.environ.setdefault("KFTUNE_PROGRESS", "log")
+    from kftune.steps._common import setup_logging
+
+    setup_logging()
+    logging.getLogger().setLevel(level)
+
+
+def _parent_gone() -> bool:
+    return _PARENT_PID is not None and os.getppid() != _PARENT_PID
+
+
+def run_request(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one request in this process (the pool's task function): returns the trial record."""
+    from kftune.core.spec import parse_spec
+    from kftune.steps import trial
+
+    job_text = payload["job"]
+    if job_text not in _JOBS:
+        _JOBS.clear()
+        _JOBS[job_text] = parse_spec(json.loads(job_text))
+    history = [Trial.from_dict(d) for d in payload["stop_history"]]
+    config: trial.TrialConfig = payload["trial"]
+    return trial.run(config, job=_JOBS[job_text], stop_history=history,
+                     stop_requested=_parent_gone if _PARENT_PID is not None else None).record
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: Modules the forkserver imports once, so that every trial process forks with them loaded (torch.optim
+#: imports torch._dynamo when the first optimizer is built: seconds per fresh process).
+PRELOAD = ("torch", "torch._dynamo", "kftune.steps.trial", "kftune.nlp.trainer", "kftune.nlp.models",
+           "kftune.core.samplers")
+
+
+class Runner:
+    """Runs payloads with ``task`` in ``workers`` processes, or inline (one after another, here).
+
+    A process that dies (killed by the kernel for memory, a segfault) breaks the pool: the payloads
+    that were in flight are run again one at a time in a fresh pool, so an innocent trial does not
+    die with the culprit; one that dies again, alone, gets ``None`` (the caller records it failed).
+    Other exceptions propagate.
+    """
+
+    def __init__(self, executor: str, workers: int, task: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+                 preload: Sequence[str] = PRELOAD):
+        self.executor, self.workers = executor, workers
+        self.task = task or run_request
+        self.preload = list(preload)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(self.preload)
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                            initargs=(logging.getLogger().getEffectiveLevel(),))
+        return self.pool
+
+    def _restart(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def run(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
+        """Records in ``payloads`` order; ``None`` for a payload whose process died twice."""
+        if self.executor == "inline":
+            return [self.task(p) for p in payloads]
+        results: list[dict[str, Any] | None] = [None] * len(payloads)
+        pool = self._start()
+        futures: dict[Future, int] = {pool.submit(self.task, p): i for i, p in enumerate(payloads)}
+        broken: list[int] = []
+        for f, i in futures.items():
+            try:
+                results[i] = f.result()
+            except BrokenProcessPool:
+                broken.append(i)
+        for i in broken:  # one at a time, so that an innocent trial does not die with the culprit
+            self._restart()
+            log.warning("a trial process died; running trial %s again, alone",
+                        getattr(payloads[i].get("trial"), "trial_id", "?"))
+            try:
+                results[i] = self._start().submit(self.task, payloads[i]).result()
+            except BrokenProcessPool:
+                self._restart()
+                results[i] = None
+        return results
+
+
+# --------------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------------
+
+class _Search:
+    """The state of one ``run()``: store, policy, runner, metrics, progress."""
+
+    def __init__(self, config: SearchConfig, job: TuningJob, store: Any, run_id: str, policy: SearchPolicy,
+                 runner: Runner, threads: int, sink: Any):
+        self.config, self.job, self.store, self.run_id = config, job, store, run_id
+        self.policy, self.runner, self.threads, self.sink = policy, runner, threads, sink
+        self.job_text = json.dumps(_job_dict(job), sort_keys=True)
+        self.counted: dict[str, str] = {}
+
+    def judged(self, history: Sequence[Trial]) -> list[str]:
+        """The trials a medianstop round judges its trials against: the completed ones when it is planned
+        (kept in the round's plan, so that a resumed round judges against the same ones)."""
+        return [t.id for t in history if t.state == "completed"] if self.policy.median_stop is not None else []
+
+    def payload(self, request: TrialRequest, judged: Sequence[Trial]) -> dict[str, Any]:
+        from kftune.steps.trial import config_for_request
+
+        config = config_for_request(request.to_dict(), corpus=self.config.corpus, store=self.config.store,
+                                    run_id=self.run_id, katib_stdout=False, num_threads=self.threads,
+                                    show_progress=False)
+        return {"job": self.job_text, "stop_history": [t.to_dict() for t in judged], "trial": config}
+
+    def key(self, request: TrialRequest) -> str:
+        if request.kind == "finalist":
+            return finalist_key(self.run_id, request.trial_id, request.seeds or ())
+        return trial_key(self.run_id, request.trial_id)
+
+    def done(self, request: TrialRequest) -> bool:
+        """Whether the request's record shows it finished (any state but running, at its budget)."""
+        from kftune.io.store import get_json
+
+        key = self.key(request)
+        if not self.store.exists(key):
+            return False
+        try:
+            rec = get_json(self.store, key)
+        except (ArtifactNotFoundError, ValueError, UnicodeDecodeError):
+            return False
+        return rec.get("state") != "running" and rec.get("budget_asked") == request.budget
+
+    def execute(self, requests: Sequence[TrialRequest], judged: Sequence[Trial] = ()) -> None:
+        """Run the requests that are not done; a request whose process died twice is recorded failed.
+        ``judged``: the completed trials medianstop compares these trials with."""
+        from kftune.io.store import get_json, put_json
+
+        todo = [r for r in requests if not self.done(r)]
+        skipped = len(requests) - len(todo)
+        if skipped:
+            log.info("round %d: %d of %d trial(s) already done (resumed search)", requests[0].round, skipped,
+                     len(requests))
+        if not todo:
+            return
+        results = self.runner.run([self.payload(r, judged) for r in todo])
+        for request, record in zip(todo, results):
+            if record is not None:
+                continue
+            key = self.key(request)
+            try:
+                rec = get_json(self.store, key)
+            except (ArtifactNotFoundError, ValueError, UnicodeDecodeError):
+                rec = {}
+            rec.update({"id": request.trial_id, "kind": request.kind, "index": request.index,
+                        "assignment": dict(request.assignment), "round": request.round, "state": "failed",
+                        "reason": DIED, "objective": None, "budget_asked": request.budget,
+                        "budget": rec.get("budget", 0), "seeds": list(request.seeds or self.policy.training_seeds)})
+            rec.setdefault("intermediate", [])
+            put_json(self.store, key, rec)
+            log.warning("trial %s failed: %s", request.trial_id, DIED)
+
+    def count_final(self, history: Sequence[Trial], ended: bool) -> None:
+        """Increment ``trials{state}`` once per trial whose state is final (pruned ones: at the end,
+        unless medianstop pruned them)."""
+        for t in history:
+            final = t.state in ("completed", "failed") or (t.state == "pruned" and (
+                ended or self.policy.median_stop is not None))
+            if final and self.counted.get(t.id) != t.state:
+                self.counted[t.id] = t.state
+                self.sink.increment("trials", labels={"state": t.state})
+
+    def report(self, history: Sequence[Trial]) -> None:
+        best = _best_so_far(history, self.policy)
+        values: dict[str, float] = {"trials_created": float(len(history)),
+                                    "search_epochs": float(_epochs(history))}
+        if best is not None:
+            values["best_objective"] = float(best.objective)  # type: ignore[arg-type]
+        self.sink.log(values, step=None)
+        self.sink.flush()
+
+
+def _job_dict(job: TuningJob) -> dict[str, Any]:
+    from kftune.core.spec import job_to_dict
+
+    return job_to_dict(job)
+
+
+def _best_so_far(history: Sequence[Trial], policy: SearchPolicy) -> Trial | None:
+    s = sign(policy.objective_type)
+    pool = [t for t in history if t.state in ("completed", "pruned") and t.has_objective]
+    return max(pool, key=lambda t: (t.state == "completed", t.budget_used, s * float(t.objective)), default=None)  # type: ignore[arg-type]
+
+
+def _epochs(history: Sequence[Trial]) -> int:
+    """Training epochs the trials used: each trial's epochs times its number of training runs."""
+    total = 0
+    for t in history:
+        runs = t.extra.get("runs")
+        if isinstance(runs, list) and runs:
+            total += sum(int(r.get("epochs", 0)) for r in runs if isinstance(r, dict))
+        else:
+            total += t.budget_used
+    return total
+
+
+def _rounds(store: Any, run_id: str) -> list[dict[str, Any]]:
+    return sorted(load_records(store, f"{search_prefix(run_id)}/rounds"), key=lambda r: int(r.get("round", 0)))
+
+
+def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None) -> SearchResult:
+    """Run (or resume) the search ``config`` describes and write its outputs (see the module docstring)."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems)
+    from kftune._progress import Progress
+    from kftune.io.metrics import sinks_from_env
+    from kftune.io.store import open_store, put_json
+
+    started = time.perf_counter()
+    if job is None:
+        from kftune.io.specfile import load_spec
+
+        job = load_spec(config.spec)
+    run_id = config.run_id or job.name
+    store = open_store(config.store)
+    prefix = search_prefix(run_id)
+    resuming = store.exists(f"{prefix}/settings.json")
+    seed, parallel = _pin(store, prefix, job, config)
+    space, lr_note = prepare_space(store, run_id, job, config.lr_find)
+    if config.lr_find and resuming and (lr_note or {}).get("source") != config.lr_find:
+        log.warning("this run's search space was pinned when it started (%s); --lr-find %s is ignored",
+                    f"with the LR range test of {lr_note['source']}" if lr_note else "without an LR range test",
+                    config.lr_find)
+    policy = SearchPolicy.from_job(job, space=space, seed=seed)
+    if parallel != policy.parallel:
+        from dataclasses import replace
+
+        job = replace(job, spec=replace(job.spec, search=replace(job.spec.search, parallel_trial_count=parallel)))
+        policy = SearchPolicy.from_job(job, space=space, seed=seed)
+    _check_corpus(config.corpus, job.spec.task.type)
+    threads = job.spec.train.num_threads or max(1, cpu_cores() // parallel)
+    own_sink = sinks is None
+    sink = sinks if sinks is not None else sinks_from_env("search", run_id=run_id)
+    runner = Runner(config.executor, parallel)
+    search = _Search(config, job, store, run_id, policy, runner, threads, sink)
+    log.info("search %s: %s over %d parameter(s), %s, %d trial(s) at most, %d at a time (%d CPU thread(s) each), "
+             "budget %d epoch(s)%s", run_id, policy.search.algorithm.algorithm_name, len(space),
+             policy.search.early_stopping.algorithm_name if policy.search.early_stopping else "no early stopping",
+             policy.max_trials, parallel, threads, policy.max_budget,
+             f", resuming from {store.uri_for(prefix)}" if resuming else "")
+    try:
+        _, history = load_history(store, run_id)
+        search.count_final(history, ended=False)
+        rounds = _rounds(store, run_id)
+        next_round = 0
+        bar = Progress(policy.max_trials, f"search {run_id}", unit="trial") if config.show_progress else None
+        shown = 0
+
+        def show(history: Sequence[Trial]) -> None:
+            nonlocal shown
+            if bar is None:
+                return
+            finished = sum(1 for t in history if t.state != "running")
+            best = _best_so_far(history, policy)
+            failed = policy.failed_count(history)
+            text = f"best {best.objective:.4f} ({best.id})" if best is not None else "no result yet"
+            bar.set_postfix_str(text + (f", {failed} failed" if failed else ""))
+            bar.update(finished - shown)
+            shown = finished
+
+        try:
+            show(history)
+            if rounds:  # finish the interrupted round first
+                last = rounds[-1]
+                next_round = int(last["round"]) + 1
+                if last.get("kind", "trial") == "trial":
+                    ids = set(last.get("judged") or ())
+                    search.execute([TrialRequest.from_dict(r) for r in last["requests"]],
+                                   [t for t in history if t.id in ids])
+                    _, history = load_history(store, run_id)
+            while True:
+                requests = policy.plan(history, next_round)
+                if not requests:
+                    break
+                judged = search.judged(history)
+                put_json(store, round_key(run_id, next_round),
+                         {"round": next_round, "kind": "trial", "requests": [r.to_dict() for r in requests],
+                          "judged": judged})
+                log.info("round %d: %s", next_round, ", ".join(
+                    f"{r.trial_id}{' promoted' if r.promotion else ''} to {r.budget} epoch(s)" for r in requests))
+                search.execute(requests, [t for t in history if t.id in set(judged)])
+                _, history = load_history(store, run_id)
+                search.count_final(history, ended=False)
+                search.report(history)
+                show(history)
+                next_round += 1
+        finally:
+            if bar is not None:
+                bar.close()
+        stop_reason = policy.end_reason(history)
+        log.info("search %s: stopped (%s) after %d trial(s)", run_id, stop_reason, len(history))
+        finalist_requests = policy.finalist_requests(history, next_round)
+        if finalist_requests:
+            log.info("finalists: re-training %s with seed(s) %s", ", ".join(t.id for t in policy.finalists(history)),
+                     ", ".join(map(str, policy.finalist_seeds)))
+            search.execute(finalist_requests)
+        finalist_records = [r for r in load_records(store, f"{prefix}/finalists")
+                            if r.get("state") != "running"]
+        winner = policy.select_best(history, finalist_records)
+        search.count_final(history, ended=True)
+        records, history = load_history(store, run_id)
+    finally:
+        runner.close()
+    result = _finish(config, job, store, run_id, policy, records, history, finalist_records, winner, stop_reason,
+                     next_round, lr_note, started)
+    if winner is not None:
+        sink.log({"best_objective": winner.objective}, step=None)
+    if own_sink:
+        sink.close()
+    return result
+
+
+def _finish(config: SearchConfig, job: TuningJob, store: Any, run_id: str, policy: SearchPolicy,
+            records: list[dict[str, Any]], history: list[Trial], finalist_records: list[dict[str, Any]],
+            winner: Winner | None, stop_reason: str, rounds: int, lr_note: dict[str, Any] | None,
+            started: float) -> SearchResult:
+    """Write the outputs, delete the checkpoints (unless kept), and return the result."""
+    import tempfile
+    from pathlib import Path
+
+    from kftune.io.store import put_json, put_text
+    from kftune.nlp import search_report
+
+    prefix = search_prefix(run_id)
+    counts: dict[str, int] = {}
+    for t in history:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    finalist_epochs = sum(int(r.get("budget") or 0) * max(1, len(r.get("runs") or [])) for r in finalist_records)
+    status: Literal["succeeded", "failed"] = "failed" if stop_reason == "failures" else "succeeded"
+    outputs = {name: store.uri_for(f"{prefix}/{name}") for name in OUTPUT_FILES}
+    result = SearchResult(run_id=run_id, status=status, stop_reason=stop_reason,
+                          best=winner.to_dict() if winner is not None else None, trials=counts, rounds=rounds,
+                          search_epochs=_epochs(history), finalist_epochs=finalist_epochs,
+                          seconds=round(time.perf_counter() - started, 3), objective_metric=policy.metric,
+                          objective_type=policy.objective_type, outputs=outputs, lr_range=lr_note)
+    names = list(policy.space.names)
+    best = {**result.to_dict(), "space": policy.space.to_katib(), "space_notes": list(policy.space.notes),
+            "max_trial_count": policy.max_trials, "max_failed_trial_count": policy.search.max_failed_trial_count}
+    best.pop("outputs")
+    put_text(store, f"{prefix}/trials.tsv", search_report.trials_tsv(records, names))
+    put_json(store, f"{prefix}/trials.json", records)
+    put_json(store, f"{prefix}/best.json", best)
+    images: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="kftune-search-") as tmp:
+        for name, draw in (("objective.png", search_report.objective_png),
+                           ("parameters.png", search_report.parameters_png)):
+            path = Path(tmp) / name
+            draw(records, policy.space, policy.objective_type, policy.metric, path, title=job.name)
+            store.put_file(f"{prefix}/{name}", path)
+            images[name] = path.read_bytes()
+    put_text(store, f"{prefix}/summary.md", search_report.summary_markdown(best, records, names))
+    put_text(store, f"{prefix}/summary.html", search_report.summary_html(best, records, names, images))
+    if not config.keep_checkpoints:
+        for key in store.list(f"{prefix}/checkpoints"):
+            store.delete(key)
+    put_json(store, f"{prefix}/result.json", result.to_dict())
+    if winner is not None:
+        log.info("best: %s %s, objective %.4f +- %.4f over %d seed(s) (%s); outputs in %s", winner.trial_id,
+                 json.dumps(dict(winner.assignment)), winner.objective, winner.spread, len(winner.values),
+                 winner.chosen_on, store.uri_for(prefix))
+    else:
+        log.warning("no trial produced a result; outputs in %s", store.uri_for(prefix))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kftune search",
+        description="Hyperparameter search (random, grid, TPE, coarse-to-fine; medianstop, successive halving, "
+                    "ASHA), trials in a local process pool; resumable: rerun with the same --store and --run-id "
+                    "after a kill and it continues where it stopped.")
+    p.add_argument("--spec", required=True, help="the TuningJob spec")
+    p.add_argument("--corpus", required=True, help="the output of `kftune corpus` (directory or store URI)")
+    p.add_argument("--store", required=True, help="artifact store root (directory or s3://bucket/prefix)")
+    p.add_argument("--run-id", help="objects go under runs/<run-id>/search/ (default: the spec's metadata.name)")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default: train.seed)")
+    p.add_argument("--lr-find", help="the output (or result.json) of `kftune lr-find`: narrows the learning rate")
+    p.add_argument("--parallel", type=int, help="trials at once (default: parallelTrialCount)")
+    p.add_argument("--inline", dest="executor", action="store_const", const="inline", default="process",
+                   help="run the trials in this process, one after another (no process pool)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the trials' checkpoints at the end")
+    add_common_arguments(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(spec=args.spec, corpus=args.corpus, store=args.store, run_id=args.run_id, seed=args.seed,
+                        lr_find=args.lr_find, parallel=args.parallel, executor=args.executor,
+                        keep_checkpoints=args.keep_checkpoints)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> int:
+        result = run(config_from_args(args))
+        best = result.best or {}
+        print(json.dumps({"status": result.status, "stop_reason": result.stop_reason, "trials": result.trials,
+                          "best_trial": best.get("trial_id"), "assignment": best.get("assignment"),
+                          "objective": best.get("objective"), "spread": best.get("spread"),
+                          "search_epochs": result.search_epochs, "finalist_epochs": result.finalist_epochs,
+                          "best": result.outputs.get("best.json")}))
+        if result.status == "failed":
+            log.error("the search stopped after %d failed trial(s) (maxFailedTrialCount); see %s",
+                      result.trials.get("failed", 0), result.outputs.get("trials.tsv"))
+            return 1
+        return 0
+
+    return run_main(body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
