@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.prometheus"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.prometheus", "tests.fixtures.kfp_api"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = (REPO.parent / "shared" / "corpora").resolve()

@@ -14,10 +14,19 @@ from kftune._version import __version__
 
 # command -> (module with main(argv) -> int, one-line help). Order is the order of a run.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("kftune.commands.run", "run the whole pipeline locally (KFP's local runner): corpus to report"),
     "validate": ("kftune.commands.validate", "check a TuningJob spec; every problem with its field path"),
     "corpus": ("kftune.steps.corpus", "download, verify, split and downsample a corpus to JSONL + a card"),
+    "lr-find": ("kftune.steps.lr_find", "learning-rate range test: loss curve, suggested lr and range for the search"),
     "train": ("kftune.steps.train", "train a classifier or tagger, with per-epoch checkpoints and --resume"),
+    "search": ("kftune.steps.search", "hyperparameter search: random, grid, TPE, coarse-to-fine, with early stopping"),
+    "trial": ("kftune.steps.trial", "train one assignment for a budget; writes one trial record (Katib trial entry point)"),
     "evaluate": ("kftune.steps.evaluate", "score a trained model on a split: metrics, report, confusion matrix"),
+    "report": ("kftune.steps.report", "the final report: corpus card, LR curve, trials, training, evaluation"),
+    "compile": ("kftune.commands.compile", "compile the pipelines to YAML (--check: fail if the committed YAML differs)"),
+    "katib": ("kftune.commands.katib", "print a Katib Experiment for the spec (coarse/fine phases for coarse-to-fine)"),
+    "submit": ("kftune.commands.submit", "create a run on a Kubeflow Pipelines host (--wait to follow it)"),
+    "schedule": ("kftune.commands.schedule", "create a recurring run on a Kubeflow Pipelines host (cron)"),
 }
 
 

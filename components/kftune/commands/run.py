@@ -1,0 +1,276 @@
+"""``kftune run SPEC.yaml``: run the whole pipeline on this machine with KFP's local runner.
+
+The very pipeline function that ``kftune compile`` and ``kftune submit`` compile
+(:func:`kftune.pipelines.pipeline.build_pipeline`, CPU variant, with as many search rounds as the
+spec's search takes) runs through ``kfp.local.SubprocessRunner(use_venv=False)``: every task is a
+subprocess of this Python, so the installed kftune is what runs.
+
+1. The spec is validated and mapped to the pipeline's parameters (command-line overrides on top); the
+   pipeline's first step (``resolve-spec``) is run in-process first, so a spec that cannot run prints
+   one line and exits 2 before anything starts.
+2. Progress: one line per task start and end on stdout (``[kftune] ...``); the runner's own output and
+   the steps' logs go to ``<out>/run.log``.
+3. Outputs: the KFP task outputs under ``<out>/kfp/`` (one folder per task), the trial journal,
+   checkpoints, final model and report in the store (``--store``; default ``<out>/store``) under
+   ``runs/<run-id>/``, and ``<out>/summary.json``. The runner's temporary files (the component
+   sources it writes with ``mktemp``, its workspace) live in ``<out>/tmp`` and are removed at the end.
+4. The summary: best parameters, the test score and where everything is.
+
+Exit codes: 0 success; 1 a task failed (the line names it; details in run.log); 2 a spec or option
+error (nothing started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from kftune.core.errors import ConfigError
+from kftune.steps._common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_common_arguments, run_main
+
+log = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_LINE = re.compile(r"Executing task '([^']+)'|Task '([^']+)' finished with status (\w+)")
+_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupted|Exit)\b.*)$")
+#: Pipeline parameters a command line may override (option name -> parameter).
+OVERRIDES = {"corpus": "corpus", "downsample": "downsample", "max_trials": "max_trials",
+             "parallel_trials": "parallel_trials", "max_epochs": "max_epochs", "seed": "seed"}
+
+
+class TaskProgress(io.TextIOBase):
+    """A stdout replacement: everything goes to ``log``; task start/finish lines are echoed to ``echo``.
+
+    KFP's local runner logs its progress to stdout with ANSI colours, and the task subprocesses'
+    output is printed there too; this keeps the terminal to one line per event.
+    """
+
+    def __init__(self, log_file: TextIO, echo: TextIO, started: float):
+        self.log, self.echo, self.buffer_text, self.started = log_file, echo, "", started
+        self.failed: list[str] = []
+        self.finished = 0
+        self.last_error: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buffer_text += text
+        while "\n" in self.buffer_text:
+            line, self.buffer_text = self.buffer_text.split("\n", 1)
+            clean = _ANSI.sub("", line)
+            error = _ERROR_LINE.match(clean)
+            if error is not None:
+                self.last_error = error.group(1).strip()
+            m = _TASK_LINE.search(clean)
+            if m is None:
+                continue
+            elapsed = time.monotonic() - self.started
+            if m.group(1):
+                self.echo.write(f"[kftune {elapsed:6.1f}s] start  {m.group(1)}\n")
+            else:
+                self.finished += 1
+                status = m.group(3)
+                if status != "SUCCESS":
+                    self.failed.append(m.group(2))
+                self.echo.write(f"[kftune {elapsed:6.1f}s] {'done' if status == 'SUCCESS' else status.lower():6} "
+                                f"{m.group(2)}\n")
+            self.echo.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def failure(self, exc: BaseException) -> str:
+        """One line for a failed run: the failed task and the last error a task printed."""
+        task = ", ".join(self.failed) or None
+        what = f"task {task} failed" if task else "failed"
+        detail = self.last_error or (_ANSI.sub("", str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{what}: {detail}"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    """Set environment variables for the duration (the task subprocesses inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_problem(exc: ConfigError) -> str:
+    problems = exc.problems
+    head = str(problems[0]) if problems else str(exc)
+    more = f" (and {len(problems) - 1} more problem(s): kftune validate shows all)" if len(problems) > 1 else ""
+    return head + more
+
+
+class PipelineFailed(Exception):
+    """A task of a local run failed; the message is one line (the task and its last error)."""
+
+
+def run_pipeline(pipeline: Any, arguments: dict[str, Any], out: Path, echo: TextIO) -> Any:
+    """Run ``pipeline(**arguments)`` with KFP's local runner under ``out`` (see the module docstring)
+    and return the pipeline task. Raises :class:`PipelineFailed` when a task fails, after cleaning up.
+    """
+    from kfp import local
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "tmp"
+    tmp.mkdir(exist_ok=True)
+    started = time.monotonic()
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, min(2, int(arguments.get("parallel_trials") or 1)))))
+    env = {"TMPDIR": str(tmp)}
+    if "OMP_NUM_THREADS" not in os.environ:  # local trials run two at a time: share the cores
+        env["OMP_NUM_THREADS"] = threads
+    root = logging.getLogger()
+    with open(out / "run.log", "a", encoding="utf-8") as log_file:
+        progress = TaskProgress(log_file, echo, started)
+        # The runner swaps the root logger's handlers per task and puts back what it found, from
+        # several threads at once: what it finds must be the capture, or lines escape to stderr.
+        saved_handlers = root.handlers[:]
+        # It also swaps builtins.print for an indenting one per task, from several threads: put it back.
+        saved_print = builtins.print
+        capture = logging.StreamHandler(progress)
+        capture.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.handlers[:] = [capture]
+        try:
+            with _environment(env), contextlib.redirect_stdout(progress), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "custom image" and "accelerator has no effect" notes
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
+                           workspace_root=str(tmp / "workspace"), raise_on_error=True)
+                task = pipeline(**arguments)
+        except Exception as exc:  # noqa: BLE001 - the runner raises RuntimeError/ValueError for a failed task
+            raise PipelineFailed(progress.failure(exc)) from exc
+        finally:
+            root.handlers[:] = saved_handlers
+            builtins.print = saved_print
+            shutil.rmtree(tmp, ignore_errors=True)
+    return task
+
+
+def _summary_lines(summary: dict[str, Any], out: Path, seconds: float) -> list[str]:
+    lines = [f"kftune run {summary.get('run_id')}: done in {seconds:.1f} s"]
+    best = summary.get("best")
+    metric = (summary.get("objective") or {}).get("metric", "objective")
+    if best:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in (best.get("assignment") or {}).items())
+        lines.append(f"  best trial:      {best.get('trial')} ({metric} {_short(best.get('objective'))})")
+        lines.append(f"  best parameters: {params or '-'}")
+    test = summary.get("test")
+    if test:
+        lines.append(f"  test score:      {_short(test.get('score'))} ({test.get('metric')}, {test.get('examples')} "
+                     f"{test.get('split', 'test')} examples)")
+    trials = summary.get("trials")
+    if trials:
+        lines.append(f"  trials:          {trials['total']} ({trials['completed']} completed, {trials['pruned']} "
+                     f"pruned, {trials['failed']} failed)")
+    report = summary.get("report") or {}
+    if report:
+        lines.append(f"  report:          {report.get('html')}")
+    lines.append(f"  store:           {summary.get('store')}/runs/{summary.get('run_id')}/ "
+                 "(trial journal, checkpoints, final model, report)")
+    lines.append(f"  run directory:   {out}/ (KFP task outputs in kfp/, log in run.log, summary.json)")
+    return lines
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kftune run",
+        description="Run the kftune pipeline locally (KFP's local runner, one subprocess per task): corpus, LR range "
+                    "test, search rounds, finalists, final training, evaluation and report.")
+    p.add_argument("spec", metavar="SPEC.yaml", help="the TuningJob spec")
+    p.add_argument("--out", help="run directory for the KFP task outputs and the log (default ./runs/<name>-<time>)")
+    p.add_argument("--store", help="store root for the trial journal, checkpoints and report: a directory or "
+                                   "s3://bucket/prefix (KFTUNE_S3_* set the endpoint and credentials); "
+                                   "default $KFTUNE_STORE, else <out>/store")
+    p.add_argument("--run-id", help="names the run in the store (runs/<run-id>/); default <name>-<time>")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start the search around the best trials of earlier runs under the same store root")
+    over = p.add_argument_group("overrides (pipeline parameters; default: the spec's values)")
+    over.add_argument("--corpus", help="a registered corpus name or a corpus URI")
+    over.add_argument("--downsample", type=float, help="fraction of train and dev to keep")
+    over.add_argument("--max-trials", type=int)
+    over.add_argument("--parallel-trials", type=int)
+    over.add_argument("--max-epochs", type=int)
+    over.add_argument("--seed", type=int, help="corpus split and training seed")
+    add_common_arguments(p)
+    return p
+
+
+def _body(args: argparse.Namespace) -> int:
+    from kftune.io.specfile import load_spec
+
+    try:
+        job = load_spec(args.spec)
+    except ConfigError as exc:
+        print(f"kftune run: {exc.source or args.spec}: {_first_problem(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    from kftune.pipelines.pipeline import arguments_for_spec, build_pipeline, rounds_for
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id = args.run_id or f"{job.name}-{stamp}"
+    out = Path(args.out or Path("runs") / run_id).expanduser().resolve()
+    store = args.store or os.environ.get("KFTUNE_STORE") or str(out / "store")
+    if "://" not in store:
+        store = str(Path(store).expanduser().resolve())
+    try:
+        arguments = arguments_for_spec(job, variant="cpu", store=store, run_id=run_id, warm_start=args.warm_start,
+                                       cluster=False)
+        for option, name in OVERRIDES.items():
+            value = getattr(args, option)
+            if value is not None:
+                arguments[name] = value
+        rounds = rounds_for(arguments)
+    except ConfigError as exc:
+        print(f"kftune run: {args.spec}: cannot run: {_first_problem(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    pipeline = build_pipeline("cpu", search_rounds=rounds)
+    print(f"kftune run {run_id}: {job.name}, {rounds} search round(s) + finalists; outputs in {out}", flush=True)
+    started = time.monotonic()
+    try:
+        task = run_pipeline(pipeline, arguments, out, sys.stdout)
+    except PipelineFailed as exc:
+        print(f"kftune run {run_id}: {exc} (details: {out / 'run.log'})", file=sys.stderr)
+        return EXIT_FAILURE
+    seconds = time.monotonic() - started
+    summary = json.loads(task.output)
+    summary["run_directory"] = str(out)
+    summary["seconds"] = round(seconds, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print("\n".join(_summary_lines(summary, out, seconds)))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""kftune's Kubeflow Pipelines: component definitions, the pipeline DAG, and its compiled YAML.
+
+Installed as ``kftune.pipelines`` (pyproject maps ``pipelines/`` there), so ``kftune compile`` works
+from a plain, non-editable install. Importing this package imports nothing heavy; the submodules
+import ``kfp`` (never torch):
+
+- :mod:`kftune.pipelines.components`: one thin lightweight component per step;
+- :mod:`kftune.pipelines.pipeline`: the DAG (:func:`~kftune.pipelines.pipeline.build_pipeline`);
+- :mod:`kftune.pipelines.build`: compiling to ``compiled/`` and to Kubernetes manifests.
+"""
+
+from pathlib import Path
+
+#: The committed compiled pipelines (package data: installed with the package).
+COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
