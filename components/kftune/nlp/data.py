@@ -98,25 +98,57 @@ def task_from_corpus_info(info: dict[str, Any]) -> TaskInfo:
                     corpus_name=info.get("name"))
 
 
-def read_split(path: str | Path, task_type: str) -> list[Example]:
-    """Read one JSONL split in the shared corpus format. Malformed lines raise :class:`DataError`
-    with the file and line number."""
-    p = Path(path)
+def parse_split(lines: Iterable[str], task_type: str, where: str) -> list[Example]:
+    """Examples from the lines of one JSONL split (shared corpus format); blank lines are skipped.
+    Malformed lines raise :class:`DataError` naming ``where`` and the line number."""
     examples: list[Example] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
+        examples.append(example_from_json(obj, task_type, f"{where}:{number}"))
+    return examples
+
+
+def read_split(path: str | Path, task_type: str) -> list[Example]:
+    """Read one JSONL split file in the shared corpus format (see :func:`parse_split`)."""
+    p = Path(path)
     try:
         handle = p.open(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{p}: split file not found") from None
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{number}: not valid JSON ({exc.msg})") from None
-            examples.append(example_from_json(obj, task_type, f"{p}:{number}"))
-    return examples
+        return parse_split(handle, task_type, str(p))
+
+
+def read_corpus_from_store(store: Any, uri: str, splits: Sequence[str]) -> tuple[dict[str, Any], dict[str, list[Example]]]:
+    """``(corpus.json, {split: examples})`` of the corpus step's output in an artifact store
+    (:class:`kftune.io.store.ArtifactStore`; ``uri`` names it in messages). :class:`DataError` when it
+    is not a corpus or lacks one of ``splits``."""
+    from kftune.core.errors import ArtifactNotFoundError
+
+    try:
+        info = json.loads(store.get_bytes("corpus.json").decode("utf-8"))
+    except ArtifactNotFoundError as exc:
+        raise DataError(f"{uri}: no corpus.json; point --corpus at the output of `kftune corpus`") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{store.uri_for('corpus.json')}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("task") not in ("text_classification", "sequence_labeling"):
+        task = info.get("task") if isinstance(info, dict) else None
+        raise DataError(f"{store.uri_for('corpus.json')}: 'task' is {task!r}; "
+                        "expected text_classification or sequence_labeling")
+    out: dict[str, list[Example]] = {}
+    for split in splits:
+        key = f"{split}.jsonl"
+        try:
+            text = store.get_bytes(key).decode("utf-8")
+        except ArtifactNotFoundError as exc:
+            raise DataError(f"{uri}: the corpus has no {key}") from exc
+        out[split] = parse_split(text.splitlines(), info["task"], store.uri_for(key))
+    return info, out
 
 
 def example_from_json(obj: Any, task_type: str, where: str = "") -> Example:

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from kftune._progress import Progress
 from kftune._version import __version__
-from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem
+from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.io.metrics import MetricsSink
 from kftune.nlp.evaluation import EvaluationResult, confusion_matrix_png, evaluate_predictions, render_markdown
 from kftune.steps._common import add_common_arguments, run_main
@@ -134,34 +134,10 @@ def _local_path(uri: str) -> Path:
 def _read_corpus(uri: str, split: str) -> tuple[dict[str, Any], list[Any]]:
     """``corpus.json`` and the examples of ``split`` (:class:`kftune.nlp.data.Example`)."""
     from kftune.io.store import open_store
-    from kftune.nlp.data import example_from_json
+    from kftune.nlp.data import read_corpus_from_store
 
-    store = open_store(uri)
-    try:
-        info = json.loads(store.get_bytes("corpus.json").decode("utf-8"))
-    except ArtifactNotFoundError as exc:
-        raise DataError(f"{uri}: no corpus.json; point --corpus at the output of `kftune corpus`") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{store.uri_for('corpus.json')}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("task") not in TASK_TYPES:
-        task = info.get("task") if isinstance(info, dict) else None
-        raise DataError(f"{store.uri_for('corpus.json')}: 'task' is {task!r}; expected one of {', '.join(TASK_TYPES)}")
-    key = f"{split}.jsonl"
-    try:
-        data = store.get_bytes(key).decode("utf-8")
-    except ArtifactNotFoundError as exc:
-        raise DataError(f"{uri}: the corpus has no {key}") from exc
-    examples = []
-    where = store.uri_for(key)
-    for number, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
-        examples.append(example_from_json(obj, info["task"], f"{where}:{number}"))
-    return info, examples
+    info, splits = read_corpus_from_store(open_store(uri), uri, [split])
+    return info, splits[split]
 
 
 def _device(name: str) -> str:

@@ -252,35 +252,9 @@ def load_corpus(uri: str) -> tuple[dict[str, Any], Any, dict[str, list[Any]]]:
     if uri in _CORPUS_CACHE:
         return _CORPUS_CACHE[uri]
     from kftune.io.store import open_store
-    from kftune.nlp.data import example_from_json, task_from_corpus_info
+    from kftune.nlp.data import read_corpus_from_store, task_from_corpus_info
 
-    store = open_store(uri)
-    try:
-        info = json.loads(store.get_bytes("corpus.json").decode("utf-8"))
-    except ArtifactNotFoundError as exc:
-        raise DataError(f"{uri}: no corpus.json; point --corpus at the output of `kftune corpus`") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{store.uri_for('corpus.json')}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("task") not in ("text_classification", "sequence_labeling"):
-        raise DataError(f"{store.uri_for('corpus.json')}: 'task' must be text_classification or sequence_labeling")
-    splits: dict[str, list[Any]] = {}
-    for split in ("train", "dev"):
-        key = f"{split}.jsonl"
-        try:
-            text = store.get_bytes(key).decode("utf-8")
-        except ArtifactNotFoundError as exc:
-            raise DataError(f"{uri}: the corpus has no {key}; a trial needs train and dev") from exc
-        where = store.uri_for(key)
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
-            rows.append(example_from_json(obj, info["task"], f"{where}:{number}"))
-        splits[split] = rows
+    info, splits = read_corpus_from_store(open_store(uri), uri, ("train", "dev"))
     _CORPUS_CACHE.clear()  # one corpus per process is the common case; keep memory flat
     _CORPUS_CACHE[uri] = (info, task_from_corpus_info(info), splits)
     return _CORPUS_CACHE[uri]
