@@ -557,3 +557,18 @@ def test_reader_options_of_a_uri_corpus():
     job = parse_spec(data)
     assert job.spec.task.label_type == "tag"
     assert job.spec.corpus.reader_options() == {"token_column": 0, "tag_column": 3, "scheme": "BIOES"}
+
+
+def test_a_cpu_only_job_asks_for_no_gpu_and_round_trips() -> None:
+    """A spec with train.device cpu and no resources block: no GPU by default, and
+    job_to_dict -> parse_spec gives the same job (the search's trial runner relies on it)."""
+    import yaml
+
+    from kftune.core.spec import job_to_dict, parse_spec
+
+    data = yaml.safe_load(next(p for p in EXAMPLES if p.name == "trec6.yaml").read_text())
+    data["spec"].pop("resources", None)
+    data["spec"]["train"]["device"] = "cpu"
+    job = parse_spec(data)
+    assert job.spec.resources.trial_gpu == 0 and job.spec.resources.final_gpu == 0
+    assert parse_spec(job_to_dict(job)) == job

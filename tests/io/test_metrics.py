@@ -178,10 +178,10 @@ def test_sinks_from_env_empty_by_default() -> None:
 
 
 def test_sinks_from_env_pushgateway_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KFTUNE_PUSHGATEWAY_URL", "http://pushgateway:9091")
+    monkeypatch.setenv("KFTUNE_PUSHGATEWAY_URL", "http://127.0.0.1:9")
     [sink] = sinks_from_env("train").sinks
     assert isinstance(sink, PushgatewaySink)
-    assert sink.url == "http://pushgateway:9091" and sink.job == "kftune"
+    assert sink.url == "http://127.0.0.1:9" and sink.job == "kftune"
     assert sink.grouping == {"run": "local", "step": "train"}
 
     monkeypatch.setenv("KFTUNE_RUN_ID", "run-7")

@@ -1405,6 +1405,12 @@ def _cross_checks(values: dict[str, Any], raw: Mapping[str, Any], ctx: _Ctx,
                               raw_search.get("earlyStopping") if isinstance(raw_search, Mapping) else None, ctx)
     if train is not None and resources is not None and train.device == "cpu":
         written = raw.get("resources") or {}
+        # a CPU-only job asks for no GPU unless it says so (then the check below names the conflict);
+        # writing the 0 into the config keeps job_to_dict -> parse_spec a round trip
+        unwritten = {attr: 0 for attr, key in (("trial_gpu", "trialGPU"), ("final_gpu", "finalGPU"))
+                     if isinstance(written, Mapping) and written.get(key) is None}
+        if unwritten:
+            values["resources"] = resources = dataclasses.replace(resources, **unwritten)
         for attr, key in (("trial_gpu", "trialGPU"), ("final_gpu", "finalGPU")):
             if written.get(key) is not None and getattr(resources, attr) > 0:  # asked for, not a default
                 ctx.add(f"spec.resources.{key}", f"{getattr(resources, attr)} GPU(s) requested, but "
