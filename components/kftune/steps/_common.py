@@ -12,11 +12,25 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from kftune.core.errors import ConfigError, KftuneError
+from kftune.core.errors import ConfigError, KftuneError, Problem
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 log = logging.getLogger("kftune")
+
+
+class CheckedConfig:
+    """Base of step configs: ``problems()`` lists everything wrong (field path, value, fix);
+    ``validate()`` raises them all at once as one :class:`ConfigError`."""
+
+    def problems(self) -> list[Problem]:
+        return []
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` listing every problem, if any."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
 
 
 class _StderrHandler(logging.StreamHandler):

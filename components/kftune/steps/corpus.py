@@ -60,7 +60,7 @@ from kftune._version import __version__
 from kftune.core.corpus_registry import (CONLLU_COLUMNS, FORMATS, SPLITS, TASK_OF_FORMAT, CorpusEntry,
                                          get_corpus, is_sha256)
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.steps._common import add_common_arguments, run_main
+from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ TAG_SCHEMES = ("auto", "BIO", "BIOES", "none")
 
 # --------------------------------------------------------------------------- config and result
 @dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(CheckedConfig):
     """What to prepare. Give ``name`` (a registered corpus) or ``uri`` + ``format``, never both.
 
     Reader options (``text_columns``, ``label_column``, ``token_column``, ``delimiter``, ``header``,
@@ -151,12 +151,6 @@ class CorpusConfig:
                 p.append(Problem("corpus.out", f"{out!r} is a non-empty directory that holds no corpus (no corpus.json); "
                                                "choose a new or empty directory"))
         return p
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem, if any."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
 
 
 def _is_number(x: object) -> bool:

@@ -40,7 +40,7 @@ from kftune._version import __version__
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.io.metrics import MetricsSink
 from kftune.nlp.evaluation import EvaluationResult, confusion_matrix_png, evaluate_predictions, render_markdown
-from kftune.steps._common import add_common_arguments, run_main
+from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ PREDICT_CHUNK = 2048
 
 # --------------------------------------------------------------------------- config and result
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(CheckedConfig):
     """What to evaluate and where the outputs go (see the module docstring).
 
     ``model``: the model file (path or URI); ``corpus``: the corpus step's output (directory or URI);
@@ -98,12 +98,6 @@ class EvaluateConfig:
         if self.device not in DEVICES:
             p.append(Problem("evaluate.device", f"{self.device!r} is not one of {', '.join(DEVICES)}"))
         return p
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem, if any."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from kftune._version import __version__
 from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem
 from kftune.core.lr_range import DEFAULT_METHOD, METHODS, MODES, RangeTestConfig
 from kftune.io.metrics import MetricsSink
-from kftune.steps._common import add_common_arguments, run_main
+from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ DEFAULT_DEV_SUBSET = 256
 
 # --------------------------------------------------------------------------- config and result
 @dataclass(frozen=True)
-class LrFindConfig:
+class LrFindConfig(CheckedConfig):
     """What to test and where the outputs go (see the module docstring).
 
     ``corpus``: the corpus step's output (directory or store URI); ``out``: output directory or store URI;
@@ -117,12 +117,6 @@ class LrFindConfig:
         if self.device is not None and self.device not in DEVICES:
             p.append(Problem("lr_find.device", f"{self.device!r} is not one of {', '.join(DEVICES)}"))
         return p
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem, if any."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from kftune._version import __version__
-from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem
-from kftune.steps._common import add_common_arguments, run_main
+from kftune.core.errors import ArtifactNotFoundError, DataError, Problem
+from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ TRIAL_STATES = ("completed", "pruned", "failed", "running")
 
 # --------------------------------------------------------------------------- config and result
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(CheckedConfig):
     """Where the parts of the run are and where the report goes (see the module docstring).
 
     Every input is a directory or store URI (``trials``: the prefix holding the trial records;
@@ -86,12 +86,6 @@ class ReportConfig:
             p.append(Problem("report", "nothing to report: give at least one of --corpus, --lr-find, --trials, "
                                        "--train, --evaluation"))
         return p
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem, if any."""
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
 
 
 @dataclass(frozen=True)
