@@ -475,7 +475,9 @@ def trials_png(trials: Sequence[Any], direction: str, metric: str) -> bytes:
             ys.append(best_so_far)
     if xs:
         ax.step(xs, ys, where="post", color="black", linewidth=1, label="best completed so far")
-        ax.legend(fontsize=7, loc="best")
+    for state in [s for s in colors if any(t.state == s for t in trials)]:  # a legend entry per state shown
+        ax.scatter([], [], color=colors[state], s=22, label=state)
+    ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("trial (suggestion order)")
     ax.set_ylabel(metric)
     ax.set_title("objective per trial", fontsize=9)
