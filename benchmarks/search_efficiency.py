@@ -694,7 +694,9 @@ def collect(scale: Scale, work: Path, methods: Sequence[str]) -> dict[str, Any]:
     target = None
     k = per_method.get("kftune")
     r = per_method.get("random")
-    complete = all(len(per_method[m]["retrained_seeds"]) == len(scale.search_seeds) for m in methods)
+    # the target compares kftune with every peer: a run without all of them cannot decide it
+    complete = (set(PEERS) <= set(methods)
+                and all(len(per_method[m]["retrained_seeds"]) == len(scale.search_seeds) for m in methods))
     if k and k["dev_mean_median"] is not None:
         cap = scale.trials * scale.max_epochs / 3
         peers = {m: v for m, v in per_method.items() if m != "kftune" and v["dev_mean_median"] is not None}
