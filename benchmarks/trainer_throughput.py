@@ -127,25 +127,32 @@ def worker_kftune(corpus: Path, epochs: int, threads: int, device: str) -> dict[
             "train_samples": train.num_usable, **ckpt, **_memory(device)}
 
 
-def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: bool) -> dict[str, Any]:
-    import random
+class BareLoop:
+    """The hand-written loop: same model class, data and seed; forward, backward, clip, step; a dev
+    pass for the score. ``bucketed=False`` cuts plain shuffled batches instead of length buckets."""
 
-    import torch
+    def __init__(self, task: Any, hp: Any, enc: Any, train: Any, dev: Any, device: str, bucketed: bool):
+        import torch
 
-    from kftune.nlp.checkpoint import seed_everything
-    from kftune.nlp.data import batch_order, collate
-    from kftune.nlp.models import build_model
-    from kftune.nlp.trainer import dev_score
+        from kftune.nlp.checkpoint import seed_everything
+        from kftune.nlp.models import build_model
 
-    task, hp, enc, train, dev = _load(corpus, threads)
-    dev_t = torch.device(device)
-    seed_everything(1)
-    model = build_model(task.type, hp, enc).to(dev_t)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    start = time.perf_counter()
-    score = 0.0
-    for epoch in range(1, epochs + 1):
-        if bucketed:
+        self.task, self.hp, self.enc, self.train, self.dev, self.bucketed = task, hp, enc, train, dev, bucketed
+        self.device = torch.device(device)
+        seed_everything(1)
+        self.model = build_model(task.type, hp, enc).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+    def epoch(self, epoch: int) -> float:
+        import random
+
+        import torch
+
+        from kftune.nlp.data import batch_order, collate
+        from kftune.nlp.trainer import dev_score
+
+        hp, model, train, dev, enc = self.hp, self.model, self.train, self.dev, self.enc
+        if self.bucketed:
             order = batch_order(train, hp.mini_batch_size, shuffle=True, seed=1_000_003 + epoch)
         else:
             idx = list(train.usable)
@@ -153,25 +160,71 @@ def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: 
             order = [idx[i:i + hp.mini_batch_size] for i in range(0, len(idx), hp.mini_batch_size)]
         model.train()
         for indices in order:
-            batch = collate(train, indices).to(dev_t)
+            batch = collate(train, indices).to(self.device)
             loss, n = model.loss(batch)
             (loss / n).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), hp.clip_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
         model.eval()
         predicted: list[Any] = [None] * len(dev)
         with torch.no_grad():
             for indices in batch_order(dev, 2 * hp.mini_batch_size, shuffle=False):
-                _, _, pred = model.loss_and_predict(collate(dev, indices).to(dev_t), with_scores=False)
+                _, _, pred = model.loss_and_predict(collate(dev, indices).to(self.device), with_scores=False)
                 for row, i in enumerate(indices):
-                    predicted[i] = (enc.labels.itos[pred.labels[row]] if task.is_classification
+                    predicted[i] = (enc.labels.itos[pred.labels[row]] if self.task.is_classification
                                     else enc.labels.decode(pred.labels[row]))
-        predicted = [p if p is not None else ("<unk>" if task.is_classification else []) for p in predicted]
-        score = dev_score(task, dev.gold(), predicted)
+        predicted = [p if p is not None else ("<unk>" if self.task.is_classification else []) for p in predicted]
+        return dev_score(self.task, dev.gold(), predicted)
+
+
+def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: bool) -> dict[str, Any]:
+    task, hp, enc, train, dev = _load(corpus, threads)
+    loop = BareLoop(task, hp, enc, train, dev, device, bucketed)
+    start = time.perf_counter()
+    score = 0.0
+    for epoch in range(1, epochs + 1):
+        score = loop.epoch(epoch)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "epochs": epochs, "dev_score": score, "train_samples": train.num_usable,
             **_memory(device)}
+
+
+def worker_paired(corpus: Path, epochs: int, threads: int, device: str) -> dict[str, Any]:
+    """Both in one process, epoch by epoch: one ordinary ``Trainer.fit()`` runs, and its epoch callback
+    runs one epoch of the bare loop, so machine load drifting over time hits both alike. A kftune
+    epoch is the time from the end of the previous callback to the start of the next one (training,
+    dev evaluation, the previous epoch's background checkpoint write); per epoch: wall time and
+    process CPU time (the checkpoint thread's CPU included). Epoch 1 is warm-up."""
+    from kftune.nlp.checkpoint import local_checkpoint_store, seed_everything
+    from kftune.nlp.config import TrainerConfig
+    from kftune.nlp.models import build_model
+    from kftune.nlp.trainer import Trainer
+
+    task, hp, enc, train, dev = _load(corpus, threads)
+    bare = BareLoop(task, hp, enc, train, dev, device, bucketed=True)
+    seed_everything(1)
+    model = build_model(task.type, hp, enc)
+    times: dict[str, list[tuple[float, float]]] = {"kftune": [], "bare": []}
+    clock = {"wall": 0.0, "cpu": 0.0}
+    bare_score = {"value": 0.0}
+
+    def run_bare_epoch(epoch: int, result: Any) -> bool:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        times["kftune"].append((wall0 - clock["wall"], cpu0 - clock["cpu"]))
+        bare_score["value"] = bare.epoch(epoch)
+        clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
+        times["bare"].append((clock["wall"] - wall0, clock["cpu"] - cpu0))
+        return False
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, enc, train, dev, hp,
+                          TrainerConfig(max_epochs=epochs, patience=epochs, device=device, seed=1),
+                          checkpoints=local_checkpoint_store(tmp), callbacks=[run_bare_epoch], show_progress=True)
+        clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
+        trainer.fit()
+    return {"epochs": epochs, "times": times, "dev_score_kftune": trainer.history[-1].dev_score,
+            "dev_score_bare": bare_score["value"]}
 
 
 FLAIR_WORKER = r"""
@@ -266,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flair-python", help="a Python with flair installed (adds the flair variant, trec6 only)")
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / ".work"))
     parser.add_argument("--tag", default="", help="suffix of the results files (e.g. cuda)")
+    parser.add_argument("--paired-epochs", type=int, default=7,
+                        help="epochs of the in-process paired comparison (the first is warm-up)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         corpus = Path(args.corpus)
         if args.worker == "kftune":
             res = worker_kftune(corpus, args.epochs, args.threads, args.device)
+        elif args.worker == "paired":
+            res = worker_paired(corpus, args.paired_epochs, args.threads, args.device)
         else:
             res = worker_bare(corpus, args.epochs, args.threads, args.device, bucketed=args.worker == "bare")
         print("RESULT " + json.dumps(res))
@@ -318,7 +375,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{runs[v][-1]['peak_rss_mb']:.0f} MB", flush=True)
         summary = {v: summarize(rs) for v, rs in runs.items() if rs}
         ours, bare = summary["kftune"], summary["bare"]
-        entry = {"corpus": spec["corpus"], "downsample": spec["downsample"], "variants": summary,
+        paired = run_child([sys.executable, __file__, "--worker", "paired", "--corpus", str(corpus), "--paired-epochs",
+                            str(args.paired_epochs), "--threads", str(args.threads), "--device", args.device], env)
+        measured = {k: v[1:] for k, v in paired["times"].items()}  # epoch 1 is warm-up
+        paired["wall_ratio_median"] = statistics.median(a[0] / b[0] for a, b in zip(measured["kftune"], measured["bare"]))
+        paired["cpu_ratio_median"] = statistics.median(a[1] / b[1] for a, b in zip(measured["kftune"], measured["bare"]))
+        paired["wall_ratio_of_sums"] = sum(a[0] for a in measured["kftune"]) / sum(b[0] for b in measured["bare"])
+        print(f"{task} paired: wall ratio {paired['wall_ratio_median']:.3f}, cpu ratio {paired['cpu_ratio_median']:.3f}",
+              flush=True)
+        entry = {"corpus": spec["corpus"], "downsample": spec["downsample"], "variants": summary, "paired": paired,
                  "time_ratio": ours["epoch_s_median"] / bare["epoch_s_median"],
                  "time_ratio_min": ours["epoch_s_min"] / bare["epoch_s_min"],
                  "cpu_ratio": ours["child_cpu_s_median"] / bare["child_cpu_s_median"],
@@ -352,6 +417,15 @@ def write_results(report: dict[str, Any], tag: str) -> None:
             lines.append(f"| {v} | {s['epoch_s_median']:.2f} | {s['epoch_s_min']:.2f} | {s['child_cpu_s_median']:.1f} | "
                          f"{s['samples_per_s_median']:.0f} | "
                          f"{s['peak_rss_mb_max']:.0f} |{cuda} {s['dev_score_last']:.4f} |")
+        pr = entry["paired"]
+        ok_p = "meets" if pr["wall_ratio_median"] <= TIME_TARGET else "MISSES"
+        lines += ["", f"**Paired, in one process** ({pr['epochs'] - 1} epochs each after a warm-up epoch; the bare "
+                  f"loop's epoch runs inside kftune's epoch callback): kftune / bare per-epoch wall-time ratio, median **{pr['wall_ratio_median']:.3f}** "
+                  f"({ok_p} the target <= {TIME_TARGET}); ratio of the summed wall times {pr['wall_ratio_of_sums']:.3f}; "
+                  f"CPU-time ratio (process, checkpoint thread included) median {pr['cpu_ratio_median']:.3f}. "
+                  f"Dev score after the last epoch: kftune {pr['dev_score_kftune']:.4f}, bare {pr['dev_score_bare']:.4f} "
+                  "(here the two draw dropout masks from one shared RNG, so they differ a little).",
+                  "", "Separate child processes (also what the memory numbers come from):"]
         ok_t = "meets" if entry["time_ratio"] <= TIME_TARGET else "MISSES"
         ok_m = "meets" if entry["memory_ratio"] <= MEMORY_TARGET else "MISSES"
         lines += ["", f"- time ratio kftune / bare: **{entry['time_ratio']:.3f}** ({ok_t} the target <= {TIME_TARGET})",

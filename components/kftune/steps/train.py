@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.nlp.config import Hyperparameters, TrainerConfig, parse_assignments
-from kftune.steps._common import add_common_arguments, run_main
+from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ LOSS_COLUMNS = ("epoch", "time", "learning_rate", "train_loss", "dev_loss", "dev
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """Everything one training needs.
 
     ``corpus``: the corpus step's output (directory or store URI). ``out``: where outputs go
@@ -181,9 +181,7 @@ def _write_plot(store: Any, rows: Sequence[dict[str, Any]], title: str) -> None:
 def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train as ``config`` says (see the module docstring). ``callbacks`` get
     ``on_epoch_end(epoch, EpochResult) -> bool`` (``True`` stops the run)."""
-    problems = config.problems()
-    if problems:
-        raise ConfigError(problems)
+    config.validate()
     import torch
 
     from kftune.io.metrics import sinks_from_env
