@@ -139,6 +139,7 @@ def test_every_sink_satisfies_the_protocol(tmp_path: Path) -> None:
              PushgatewaySink("http://127.0.0.1:9", grouping={"run": "r"})]
     for sink in sinks:
         assert isinstance(sink, MetricsSink), sink
+        sink.close()
     NullSink().log({"dev_score": 1.0}, step=1)  # and does nothing
 
 
@@ -162,7 +163,7 @@ def test_multisink_isolates_a_failing_sink(caplog: pytest.LogCaptureFixture) -> 
             multi.log({"dev_score": 0.1 * step}, step=step)  # never raises
         multi.close()
     assert [c[0] for c in good.calls] == ["log"] * 5 + ["close"]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "kftune.io.metrics"]
     # one WARNING per (sink, operation); repeats go to DEBUG
     assert len(warnings) == 2
     assert "Broken" in warnings[0].getMessage() and "disk on fire" in warnings[0].getMessage()
@@ -179,16 +180,17 @@ def test_sinks_from_env_empty_by_default() -> None:
 
 def test_sinks_from_env_pushgateway_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KFTUNE_PUSHGATEWAY_URL", "http://127.0.0.1:9")
-    [sink] = sinks_from_env("train").sinks
-    assert isinstance(sink, PushgatewaySink)
-    assert sink.url == "http://127.0.0.1:9" and sink.job == "kftune"
-    assert sink.grouping == {"run": "local", "step": "train"}
+    with sinks_from_env("train") as sinks:
+        [sink] = sinks.sinks
+        assert isinstance(sink, PushgatewaySink)
+        assert sink.url == "http://127.0.0.1:9" and sink.job == "kftune"
+        assert sink.grouping == {"run": "local", "step": "train"}
 
     monkeypatch.setenv("KFTUNE_RUN_ID", "run-7")
-    [sink] = sinks_from_env("search", trial="t3").sinks
-    assert sink.grouping == {"run": "run-7", "step": "search", "trial": "t3"}
-    [sink] = sinks_from_env("search", run_id="explicit").sinks
-    assert sink.grouping == {"run": "explicit", "step": "search"}
+    with sinks_from_env("search", trial="t3") as sinks:
+        assert sinks.sinks[0].grouping == {"run": "run-7", "step": "search", "trial": "t3"}
+    with sinks_from_env("search", run_id="explicit") as sinks:
+        assert sinks.sinks[0].grouping == {"run": "explicit", "step": "search"}
 
 
 def test_sinks_from_env_jsonl_and_katib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
