@@ -140,3 +140,15 @@ def sinks_from_env(step: str, *, run_id: str | None = None, trial: str | None = 
         sinks.append(KatibStdoutSink())
     log.debug("metrics sinks for step %s: %s", step, [type(s).__name__ for s in sinks] or "none")
     return MultiSink(sinks)
+
+
+def log_final(step: str, values: Mapping[str, float], sinks: MetricsSink | None = None) -> None:
+    """Record a step's final values and send them now: through ``sinks`` when the caller gives some
+    (the caller closes them), else through :func:`sinks_from_env` for ``step``, opened and closed here."""
+    if sinks is not None:
+        sinks.log(values)
+        sinks.flush()
+        return
+    with sinks_from_env(step) as own:
+        own.log(values)
+        own.flush()

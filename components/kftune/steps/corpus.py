@@ -724,15 +724,13 @@ def _publish(work: Path, out: str, local_out: Path | None) -> None:
 
 
 def _log_metrics(stats: Mapping[str, SplitStats]) -> None:
-    from kftune.io.metrics import sinks_from_env
+    from kftune.io.metrics import log_final
 
-    with sinks_from_env("corpus") as sink:
-        values: dict[str, float] = {}
-        for split, s in stats.items():
-            values[f"{split}_examples"] = float(s.examples)
-            values[f"{split}_tokens"] = float(s.tokens)
-        sink.log(values)
-        sink.flush()
+    values: dict[str, float] = {}
+    for split, s in stats.items():
+        values[f"{split}_examples"] = float(s.examples)
+        values[f"{split}_tokens"] = float(s.tokens)
+    log_final("corpus", values)
 
 
 # --------------------------------------------------------------------------- CLI

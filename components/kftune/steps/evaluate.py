@@ -229,17 +229,9 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     put_json(store, RESULT_FILE, record)  # last: its presence marks a complete evaluation
     artifacts["result"] = store.uri_for(RESULT_FILE)
 
-    own_sinks = sinks is None
-    if own_sinks:
-        from kftune.io.metrics import sinks_from_env
+    from kftune.io.metrics import log_final
 
-        sinks = sinks_from_env("evaluate")
-    try:
-        sinks.log(metrics)
-        sinks.flush()
-    finally:
-        if own_sinks:
-            sinks.close()
+    log_final("evaluate", metrics, sinks)
     log.info("%s %s: %s = %.4f (accuracy %.4f, micro F1 %.4f, macro F1 %.4f) -> %s", corpus_name, config.split,
              evaluation.main_score_name, evaluation.main_score, evaluation.accuracy, evaluation.micro.f1,
              evaluation.macro.f1, store.root_uri)

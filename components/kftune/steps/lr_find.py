@@ -242,17 +242,9 @@ def run(config: LrFindConfig, *, sinks: MetricsSink | None = None) -> LrFindResu
         metrics["suggested_learning_rate"] = result.lr
     if result.range is not None:
         metrics["lr_range_low"], metrics["lr_range_high"] = result.range.base_lr, result.range.max_lr
-    own_sinks = sinks is None
-    if own_sinks:
-        from kftune.io.metrics import sinks_from_env
+    from kftune.io.metrics import log_final
 
-        sinks = sinks_from_env("lr_find")
-    try:
-        sinks.log(metrics)
-        sinks.flush()
-    finally:
-        if own_sinks:
-            sinks.close()
+    log_final("lr_find", metrics, sinks)
     return LrFindResult(
         suggested_lr=result.lr,
         lr_range=None if result.range is None else (result.range.base_lr, result.range.max_lr),
