@@ -65,5 +65,16 @@ class ArtifactNotFoundError(KftuneError, FileNotFoundError):
         super().__init__(f"no such artifact: {uri}")
 
 
+class TrainingInterrupted(KftuneError):
+    """Training stopped on a signal (SIGTERM: pod eviction) after writing a checkpoint to resume from.
+    ``main()`` maps it to exit code 143 (128 + SIGTERM)."""
+
+    def __init__(self, checkpoint_uri: str | None, epoch: int, batch: int):
+        self.checkpoint_uri, self.epoch, self.batch = checkpoint_uri, epoch, batch
+        where = f"checkpoint {checkpoint_uri}" if checkpoint_uri else "no checkpoint store configured"
+        super().__init__(f"training interrupted in epoch {epoch} after batch {batch}; {where}; "
+                         "run again with --resume to continue")
+
+
 class TrialFailedError(KftuneError, RuntimeError):
     """A trial that could not produce an objective (crash, out of memory, NaN loss)."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from kftune._progress import Progress
-from kftune.core.errors import ConfigError, KftuneError, Problem, TrialFailedError
+from kftune.core.errors import ConfigError, Problem, TrainingInterrupted, TrialFailedError
 from kftune.nlp.checkpoint import CheckpointStore, capture_rng_state, restore_rng_state, snapshot
 from kftune.nlp.config import Hyperparameters, TrainerConfig
 from kftune.nlp.data import (
@@ -98,16 +98,6 @@ class EpochCallback(Protocol):
     def on_epoch_end(self, epoch: int, result: EpochResult) -> bool | None:
         """Called after each epoch's dev evaluation; return ``True`` to stop training."""
         ...
-
-
-class TrainingInterrupted(KftuneError):
-    """Training stopped on a signal (SIGTERM: pod eviction) after writing a checkpoint to resume from."""
-
-    def __init__(self, checkpoint_uri: str | None, epoch: int, batch: int):
-        self.checkpoint_uri, self.epoch, self.batch = checkpoint_uri, epoch, batch
-        where = f"checkpoint {checkpoint_uri}" if checkpoint_uri else "no checkpoint store configured"
-        super().__init__(f"training interrupted in epoch {epoch} after batch {batch}; {where}; "
-                         "run again with --resume to continue")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What every step's ``main(argv) -> int`` shares: logging set up once, errors mapped to exit codes.
 
 Exit codes: 0 success; 1 a runtime failure (the message is logged); 2 a usage or config error
-(every problem printed with its field path, nothing started); 130 interrupted by the user.
+(every problem printed with its field path, nothing started); 130 interrupted by the user;
+143 (128 + SIGTERM) training stopped by SIGTERM after writing a checkpoint (run again with --resume).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from kftune.core.errors import ConfigError, KftuneError, Problem
+from kftune.core.errors import ConfigError, KftuneError, Problem, TrainingInterrupted
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 log = logging.getLogger("kftune")
 
@@ -83,6 +84,9 @@ def run_main(body: Callable[[argparse.Namespace], int | None], parser: argparse.
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrainingInterrupted as exc:
+        log.warning("%s", exc)
+        return EXIT_TERMINATED
     except KftuneError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

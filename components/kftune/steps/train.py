@@ -37,7 +37,6 @@ from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
-EXIT_TERMINATED = 143  # 128 + SIGTERM: the checkpoint is written; run again with --resume
 LOSS_COLUMNS = ("epoch", "time", "learning_rate", "train_loss", "dev_loss", "dev_score", "seconds",
                 "samples_per_second", "run")
 
@@ -50,7 +49,7 @@ class TrainConfig(CheckedConfig):
     (directory or store URI). ``task_type``: checked against ``corpus.json`` when given (a spec's
     ``task.type``). ``until_epoch``: stop after this epoch with status ``paused`` (a successive-halving
     budget); a later run with ``resume=True`` continues. ``handle_signals``: turn SIGTERM into a
-    checkpoint and :class:`~kftune.nlp.trainer.TrainingInterrupted` (main thread only).
+    checkpoint and :class:`~kftune.core.errors.TrainingInterrupted` (main thread only).
     """
 
     corpus: str
@@ -362,14 +361,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
-        from kftune.nlp.trainer import TrainingInterrupted
-
-        config = config_from_args(args)
-        try:
-            result = run(config)
-        except TrainingInterrupted as exc:
-            log.warning("%s", exc)
-            return EXIT_TERMINATED
+        result = run(config_from_args(args))  # SIGTERM: run_main maps TrainingInterrupted to exit 143
         print(json.dumps({"status": result.status, "dev_score": round(result.dev_score, 6),
                           "best_epoch": result.best_epoch, "epochs": result.epochs, "model": result.model_uri}))
         return 0

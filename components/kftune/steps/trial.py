@@ -62,7 +62,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from kftune._version import __version__
-from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem, TrialFailedError
+from kftune.core.errors import (ArtifactNotFoundError, ConfigError, DataError, Problem, TrainingInterrupted,
+                                 TrialFailedError)
 from kftune.core.search_policy import (SearchPolicy, checkpoint_key, finalist_key, run_objective, search_prefix,
                                        spread_of, trial_key)
 from kftune.core.space import SearchSpace
@@ -72,7 +73,6 @@ from kftune.steps._common import add_common_arguments, run_main
 log = logging.getLogger(__name__)
 
 EXIT_FAILED_TRIAL = 1
-EXIT_TERMINATED = 143
 KINDS = ("trial", "finalist")
 #: Per-epoch values every record keeps (fields of :class:`kftune.nlp.trainer.EpochResult`).
 EPOCH_METRICS = ("dev_score", "dev_loss", "train_loss", "learning_rate")
@@ -358,7 +358,7 @@ def run(config: TrialConfig, *, job: TuningJob | None = None, store: Any = None,
     ``config.store`` is opened). ``stop_history``: the trials (:class:`kftune.core.trials.Trial`) a
     ``medianstop`` search judges this one against (its completed ones). ``sinks``: metrics sink (else
     :func:`~kftune.io.metrics.sinks_from_env`). ``stop_requested``: polled after every optimizer step;
-    ``True`` checkpoints and raises :class:`~kftune.nlp.trainer.TrainingInterrupted`.
+    ``True`` checkpoints and raises :class:`~kftune.core.errors.TrainingInterrupted`.
 
     A failed trial is returned (state ``failed``), not raised. Raised: :class:`ConfigError` for a bad
     config or assignment (nothing is written), :class:`DataError` for a corpus that cannot be read,
@@ -452,7 +452,7 @@ def _train(config: TrialConfig, job: TuningJob, policy: SearchPolicy, store: Any
     from kftune.nlp.checkpoint import CheckpointStore, seed_everything
     from kftune.nlp.config import Hyperparameters, TrainerConfig
     from kftune.nlp.models import build_model
-    from kftune.nlp.trainer import Trainer, TrainingInterrupted, resolve_device
+    from kftune.nlp.trainer import Trainer, resolve_device
 
     metric = policy.metric
     names = [metric] + [m for m in job.spec.search.objective.additional_metric_names if m != metric]
@@ -633,14 +633,7 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
-        from kftune.nlp.trainer import TrainingInterrupted
-
-        config = config_from_args(args)
-        try:
-            result = run(config)
-        except TrainingInterrupted as exc:
-            log.warning("%s", exc)
-            return EXIT_TERMINATED
+        result = run(config_from_args(args))  # SIGTERM: run_main maps TrainingInterrupted to exit 143
         r = result.record
         # JSON, not name=value text: Katib reads stdout and must see the objective only once
         print(json.dumps({"trial": r["id"], "state": r["state"], "objective": r["objective"],
