@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,20 +34,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_corpora.py, also when imported
+from _corpora import prepare_corpus  # noqa: E402 - after the path is set
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"trec6": 0.88, "ud": 0.92}
-
-
-def prepare_corpus(name: str, downsample: float, cache: Path) -> Path:
-    out = cache / f"{name}-{downsample}"
-    if (out / "corpus.json").exists():
-        return out
-    env = dict(os.environ)
-    env.setdefault("KFTUNE_CORPUS_MIRROR", str((REPO.parent / "shared" / "corpora").resolve()))
-    env.setdefault("KFTUNE_CACHE_DIR", str(cache / "downloads"))
-    subprocess.run([sys.executable, "-m", "kftune.cli", "corpus", "--name", name, "--downsample", str(downsample),
-                    "--out", str(out)], env=env, check=True, capture_output=True)
-    return out
 
 
 def score(task: Any, gold: list[Any], predicted: list[Any]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_corpora.py, also when imported
+from _corpora import prepare_corpus  # noqa: E402 - after the path is set
 RESULTS = REPO / "benchmarks" / "results"
 TIME_TARGET, MEMORY_TARGET = 1.05, 1.2
 TASKS = {
@@ -59,18 +61,6 @@ TASKS = {
 
 # ------------------------------------------------------------------------------------------------
 # corpora through the corpus step
-
-
-def prepare_corpus(name: str, downsample: float, cache: Path) -> Path:
-    out = cache / f"{name}-{downsample}"
-    if (out / "corpus.json").exists():
-        return out
-    env = dict(os.environ)
-    env.setdefault("KFTUNE_CORPUS_MIRROR", str((REPO.parent / "shared" / "corpora").resolve()))
-    env.setdefault("KFTUNE_CACHE_DIR", str(cache / "downloads"))
-    subprocess.run([sys.executable, "-m", "kftune.cli", "corpus", "--name", name, "--downsample", str(downsample),
-                    "--out", str(out)], env=env, check=True, capture_output=True)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
