@@ -14,7 +14,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.nlp.data import PAD, UNK, UNK_ID, Batch, PretrainedVocabulary
+from kftune.nlp.data import (PAD, UNK, UNK_ID, Batch, EncodedDataset, Example, PretrainedVocabulary, TaskInfo,
+                             TextEncoder)
+
+if TYPE_CHECKING:
+    from kftune.nlp.config import Hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +321,19 @@ def load_pretrained_vectors(uri: str, wanted: set[str] | None) -> tuple[Pretrain
         matrix[UNK_ID] = stacked.mean(axis=0)
     log.info("pretrained vectors %s: %d words kept, dim %d", uri, len(words), dim)
     return PretrainedVocabulary([PAD, UNK] + words), torch.from_numpy(matrix)
+
+
+def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Example] | None, hp: "Hyperparameters",
+                  *, also_known: Iterable[Example] = ()
+                  ) -> tuple[TextEncoder, EncodedDataset, EncodedDataset | None, torch.Tensor | None]:
+    """``(encoder, train, dev, pretrained weights)``: the vocabularies built from ``train`` with ``hp``'s
+    data-shaping settings; when ``hp.pretrained_embeddings`` is set, its vectors loaded for the words of
+    train, dev and ``also_known`` only (model files stay small); then train and dev encoded."""
+    encoder = TextEncoder.build(task, train, min_word_freq=hp.min_word_freq, max_length=hp.max_length,
+                                use_chars=hp.char_embeddings != "none")
+    weights = None
+    if hp.pretrained_embeddings is not None:
+        wanted = {t for exs in (train, dev or (), also_known) for ex in exs for t in ex.tokens}
+        encoder.pretrained, weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
+    return (encoder, encoder.encode(train, "train", training=True),
+            encoder.encode(dev, "dev") if dev is not None else None, weights)

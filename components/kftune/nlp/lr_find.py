@@ -58,6 +58,7 @@ from kftune.nlp.data import (
     read_split,
     task_from_corpus_info,
 )
+from kftune.nlp.embeddings import encode_corpus
 from kftune.nlp.models import Model, build_model
 from kftune.nlp.predict import autocast_context
 from kftune.nlp.schedulers import build_optimizer
@@ -123,16 +124,7 @@ def prepare_data(corpus_dir: str | Path, hp: Hyperparameters, *, need_dev: bool 
         raise DataError(f"{dev_path}: no dev split; the dev metric needs one (the corpus step writes dev.jsonl)")
     if not train_examples:
         raise DataError(f"{root / 'train.jsonl'}: the training split is empty")
-    encoder = TextEncoder.build(task, train_examples, min_word_freq=hp.min_word_freq, max_length=hp.max_length,
-                                use_chars=hp.char_embeddings != "none")
-    weights = None
-    if hp.pretrained_embeddings is not None:
-        from kftune.nlp.embeddings import load_pretrained_vectors
-
-        wanted = {t for ex in train_examples + (dev_examples or []) for t in ex.tokens}
-        encoder.pretrained, weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
-    train = encoder.encode(train_examples, "train", training=True)
-    dev = encoder.encode(dev_examples, "dev") if dev_examples is not None else None
+    encoder, train, dev, weights = encode_corpus(task, train_examples, dev_examples, hp)
     return PreparedData(corpus=str(corpus_dir), info=info, task=task, encoder=encoder, train=train, dev=dev,
                         pretrained_weights=weights, data_hyperparameters=_data_fields(hp))
 

@@ -186,8 +186,8 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from kftune.io.metrics import sinks_from_env
     from kftune.io.store import open_store, put_json, put_text
     from kftune.nlp.checkpoint import CheckpointStore, seed_everything
-    from kftune.nlp.data import SPLITS, TextEncoder, read_corpus_info, read_split, task_from_corpus_info
-    from kftune.nlp.embeddings import load_pretrained_vectors
+    from kftune.nlp.data import SPLITS, read_corpus_info, read_split, task_from_corpus_info
+    from kftune.nlp.embeddings import encode_corpus
     from kftune.nlp.model_io import save_model
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer, resolve_device
@@ -209,14 +209,8 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
 
-    encoder = TextEncoder.build(task, splits["train"], min_word_freq=hp.min_word_freq, max_length=hp.max_length,
-                                use_chars=hp.char_embeddings != "none")
-    pretrained_weights = None
-    if hp.pretrained_embeddings is not None:
-        wanted = {t for exs in splits.values() for ex in exs for t in ex.tokens}
-        encoder.pretrained, pretrained_weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
-    train_data = encoder.encode(splits["train"], "train", training=True)
-    dev_data = encoder.encode(splits["dev"], "dev")
+    encoder, train_data, dev_data, pretrained_weights = encode_corpus(task, splits["train"], splits["dev"], hp,
+                                                                       also_known=splits.get("test", ()))
     log.info("%s (%s): %d train / %d dev sentences, %d words, %d labels, device %s",
              task.corpus_name, task.type, train_data.num_usable, len(dev_data), len(encoder.words),
              len(encoder.labels) - 1, device)

@@ -262,19 +262,11 @@ def load_corpus(uri: str) -> tuple[dict[str, Any], Any, dict[str, list[Any]]]:
 
 def _encoded(uri: str, task: Any, splits: dict[str, list[Any]], hp: Any) -> tuple[Any, Any, Any, Any]:
     """(encoder, train data, dev data, pretrained weights) for ``hp``'s encoding settings, cached."""
-    from kftune.nlp.data import TextEncoder
-    from kftune.nlp.embeddings import load_pretrained_vectors
+    from kftune.nlp.embeddings import encode_corpus
 
     key = (uri, hp.min_word_freq, hp.max_length, hp.char_embeddings != "none", hp.pretrained_embeddings)
     if key not in _ENCODED_CACHE:
-        encoder = TextEncoder.build(task, splits["train"], min_word_freq=hp.min_word_freq,
-                                    max_length=hp.max_length, use_chars=hp.char_embeddings != "none")
-        weights = None
-        if hp.pretrained_embeddings is not None:
-            wanted = {t for exs in splits.values() for ex in exs for t in ex.tokens}
-            encoder.pretrained, weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
-        train = encoder.encode(splits["train"], "train", training=True)
-        dev = encoder.encode(splits["dev"], "dev")
+        encoder, train, dev, weights = encode_corpus(task, splits["train"], splits["dev"], hp)
         while len(_ENCODED_CACHE) >= 4:
             _ENCODED_CACHE.pop(next(iter(_ENCODED_CACHE)))
         _ENCODED_CACHE[key] = (encoder, train, dev, weights)
