@@ -128,7 +128,13 @@ LR_RANGE_TEST = {"enabled": True, "applyTo": "learning_rate", "startLR": 1.0e-6,
                  "mode": "exponential", "smoothing": 0.98, "method": "minimum"}
 # kftune's defaults (coarse-to-fine rounds/top_k/shrink, halving eta/min_budget), finalists trimmed to fit.
 KFTUNE_C2F = {"rounds": 3, "top_k": 3, "shrink": 0.5}
-KFTUNE_HALVING = {"eta": 3, "min_budget": 1}
+
+
+def kftune_halving(scale: "Scale") -> dict[str, int]:
+    """kftune's successive-halving defaults for this scale's budget, as the code defaults them."""
+    from kftune.core.early_stopping.successive_halving import SuccessiveHalving, default_min_budget
+    return {"eta": SuccessiveHalving.eta, "min_budget": default_min_budget(scale.max_epochs)}
+
 KFTUNE_FINALISTS = ((2, 2), (0, 1))  # (finalists, finalistRuns), first that fits
 RANDOM_STREAM = 10_000  # random search's hyperopt seed offset (see run_hyperopt)
 
@@ -177,14 +183,15 @@ def kftune_plan(scale: Scale, lr_epochs: float) -> dict[str, Any]:
     from kftune.core.early_stopping.successive_halving import _Bracket
 
     cap = scale.trials * scale.max_epochs / 3
-    rungs = _Bracket(KFTUNE_HALVING["min_budget"], scale.max_epochs, KFTUNE_HALVING["eta"]).rungs
+    halving = kftune_halving(scale)
+    rungs = _Bracket(halving["min_budget"], scale.max_epochs, halving["eta"]).rungs
     rounds = KFTUNE_C2F["rounds"]
     best = None
     for finalists, runs in KFTUNE_FINALISTS:
         for t in range(scale.trials, min(rounds, scale.trials) - 1, -1):
             size = math.ceil(t / rounds)
             cohorts = [size] * (rounds - 1) + [t - size * (rounds - 1)]
-            search = sum(halving_epochs(c, rungs, KFTUNE_HALVING["eta"]) for c in cohorts if c > 0)
+            search = sum(halving_epochs(c, rungs, halving["eta"]) for c in cohorts if c > 0)
             planned = lr_epochs + search + finalists * (runs - 1) * scale.max_epochs
             if planned <= cap:
                 return {"max_trials": t, "finalists": finalists, "finalist_runs": runs, "rungs": list(rungs),
@@ -202,8 +209,7 @@ def kftune_spec(scale: Scale, seed: int, plan: Mapping[str, Any]) -> dict[str, A
     s["algorithm"] = {"algorithmName": "coarse-to-fine",
                       "algorithmSettings": [{"name": k, "value": str(v)} for k, v in KFTUNE_C2F.items()]}
     s["earlyStopping"] = {"algorithmName": "successive-halving", "algorithmSettings": [
-        {"name": "eta", "value": str(KFTUNE_HALVING["eta"])},
-        {"name": "min_budget", "value": str(KFTUNE_HALVING["min_budget"])},
+        *({"name": k, "value": str(v)} for k, v in kftune_halving(scale).items()),
         {"name": "max_budget", "value": str(scale.max_epochs)}]}
     s["maxTrialCount"] = s["maxFailedTrialCount"] = int(plan["max_trials"])
     s["finalists"] = int(plan["finalists"])
@@ -573,7 +579,7 @@ def run_kftune(corpus: str, scale: Scale, seed: int, work: Path) -> dict[str, An
             "lr_range_test": {"iterations": lr.iterations, "epochs": round(lr_epochs, 4), "suggested_lr": lr.suggested_lr,
                               "lr_range": list(lr.lr_range) if lr.lr_range else None, "method": lr.method},
             "plan": plan, "settings": {"coarse_to_fine": KFTUNE_C2F, "successive_halving": {
-                **KFTUNE_HALVING, "max_budget": scale.max_epochs}},
+                **kftune_halving(scale), "max_budget": scale.max_epochs}},
             "events": events, "lr_epochs": lr_epochs, "finalist_epochs_counted": finalist_epochs}
 
 

@@ -110,7 +110,9 @@ def test_bracket_quota_next_rung_and_top():
 
 def test_halving_settings():
     sh = get_early_stopping("successive-halving", {"eta": "3"}, max_epochs=9)
-    assert isinstance(sh, SuccessiveHalving) and not isinstance(sh, ASHA) and sh.rungs() == (1, 3, 9)
+    assert isinstance(sh, SuccessiveHalving) and not isinstance(sh, ASHA) and sh.rungs() == (2, 6, 9)  # default 2
+    assert SuccessiveHalving.from_settings({"min_budget": "1"}, max_epochs=9).rungs() == (1, 3, 9)
+    assert SuccessiveHalving.from_settings({}, max_epochs=2).rungs() == (1, 2)  # no room for a 2-epoch rung
     asha = get_early_stopping("asha", {"min_budget": "2", "max_budget": "18"}, max_epochs=5)
     assert isinstance(asha, ASHA) and asha.rungs() == (2, 6, 18) and asha.first_budget == 2
     assert asha.next_budget(2) == 6 and asha.next_budget(18) is None
