@@ -312,11 +312,11 @@ def test_halving_with_tpe_cannot_map_and_says_so():
 # -- the LR range test hand-off --------------------------------------------------------------------------
 
 def test_lr_range_result_replaces_the_learning_rate_space():
-    result = {"method": "valley", "lr": 0.003, "range": [0.00093260, 0.017475], "diverged": False}
+    result = {"method": "valley", "lr": 0.0175, "range": [0.00093260, 0.04], "diverged": False}
     exp = export_experiment(example("wnut17"), GPU_POD, lr_result=result)
     lr = exp.body["spec"]["parameters"][0]
-    assert lr == {"name": "learning_rate", "parameterType": "double",
-                  "feasibleSpace": {"min": "0.000932", "max": "0.0175", "distribution": "logUniform"}}
+    assert lr == {"name": "learning_rate", "parameterType": "double",  # the decade below the suggestion
+                  "feasibleSpace": {"min": "0.00175", "max": "0.0175", "distribution": "logUniform"}}
     notes = "\n".join(exp.notes)
     assert "lrRangeTest:" in notes
     assert "reaches outside the spec's" in notes  # 0.0175 > the spec's max 1e-2: the trials must accept it
