@@ -110,9 +110,13 @@ def test_bracket_quota_next_rung_and_top():
 
 def test_halving_settings():
     sh = get_early_stopping("successive-halving", {"eta": "3"}, max_epochs=9)
-    assert isinstance(sh, SuccessiveHalving) and not isinstance(sh, ASHA) and sh.rungs() == (2, 6, 9)  # default 2
-    assert SuccessiveHalving.from_settings({"min_budget": "1"}, max_epochs=9).rungs() == (1, 3, 9)
+    assert isinstance(sh, SuccessiveHalving) and not isinstance(sh, ASHA) and sh.rungs() == (2, 6, 9)  # min_budget 2
+    default = SuccessiveHalving.from_settings({}, max_epochs=8)
+    assert (default.eta, default.min_budget, default.rungs()) == (2, 2, (2, 4, 8))  # halving proper
+    assert SuccessiveHalving.from_settings({"min_budget": "1", "eta": "3"}, max_epochs=9).rungs() == (1, 3, 9)
     assert SuccessiveHalving.from_settings({}, max_epochs=2).rungs() == (1, 2)  # no room for a 2-epoch rung
+    assert ASHA.from_settings({}, max_epochs=9).eta == 3 and ASHA().eta == 3 and SuccessiveHalving().eta == 2
+    assert "default 3" in ASHA.known_settings["eta"] and "default 2" in SuccessiveHalving.known_settings["eta"]
     asha = get_early_stopping("asha", {"min_budget": "2", "max_budget": "18"}, max_epochs=5)
     assert isinstance(asha, ASHA) and asha.rungs() == (2, 6, 18) and asha.first_budget == 2
     assert asha.next_budget(2) == 6 and asha.next_budget(18) is None

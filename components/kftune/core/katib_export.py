@@ -52,7 +52,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-from kftune.core.early_stopping.successive_halving import default_min_budget
+from kftune.core.early_stopping.successive_halving import ASHA, SuccessiveHalving, default_min_budget
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.lr_handoff import apply_lr_range
 from kftune.core.samplers.coarse_to_fine import CoarseToFineConfig, CoarseToFineSampler, top_trials
@@ -561,7 +561,7 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                                          if early.algorithm_settings else {})}
     elif early is not None:  # successive-halving, asha
         es = early.settings()
-        eta = int(es.get("eta", 3))
+        eta = int(es.get("eta", (ASHA if early.algorithm_name == "asha" else SuccessiveHalving).default_eta))
         max_budget = int(es.get("max_budget", spec.train.max_epochs))
         min_budget = int(es.get("min_budget", default_min_budget(max_budget)))
         plan = hyperband_plan(eta, min_budget, max_budget, max_trials)
