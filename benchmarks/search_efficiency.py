@@ -781,8 +781,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{LR_RANGE_TEST['iterations']} batches at most (one epoch cap), method {LR_RANGE_TEST['method']}.", ""]
         for r in k:
             lt = r["lr_range_test"]
+            lr_fs = next((q["feasibleSpace"] for q in r.get("space") or [] if q.get("name") == "learning_rate"), {})
+            suggested = f"{lt['suggested_lr']:.3g}" if lt.get("suggested_lr") else "none"
             lines.append(f"- seed {r['seed']}: LR range test {lt['iterations']} batches ({lt['epochs']:.2f} epochs), "
-                         f"range {lt['lr_range']}; search epochs {r['search_epochs']}, finalist epochs "
+                         f"suggested lr {suggested}, learning-rate space searched [{lr_fs.get('min')}, {lr_fs.get('max')}] "
+                         f"(the test's [base_lr, max_lr]: "
+                         f"{'[%.3g, %.3g]' % tuple(lt['lr_range']) if lt['lr_range'] else 'none'}); "
+                         f"search epochs {r['search_epochs']}, finalist epochs "
                          f"{r['finalist_epochs']}; trials {r['states']}; stop {r['stop_reason']}; winner chosen on "
                          f"{r['chosen']['chosen_on']} (finalist mean {_fmt(r['chosen']['finalist_mean'])})")
     ray = report["per_method"].get("ray-asha", {}).get("seeds") or []

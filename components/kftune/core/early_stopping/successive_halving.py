@@ -35,7 +35,7 @@ a few epochs, ``eta`` 3 sends one trial in 9 to the full budget and decides the 
 where the fastest starters lead; keeping half at each rung lets more trials reach the later rungs, where
 the comparison is closer to the full budget's. On TREC_6 at full scale (3 search seeds, same epochs) the
 chosen configuration retrained to test accuracy 90.47 with ``eta`` 2 against 89.33 with ``eta`` 3
-(``benchmarks/results/search_efficiency_full.md``). ASHA keeps 3: it never waits for a rung to fill, so a
+(``benchmarks/results/search_efficiency_full_experiments.md``). ASHA keeps 3: it never waits for a rung to fill, so a
 slow starter is not judged against a full cohort at once.
 """
 
