@@ -132,8 +132,9 @@ KFTUNE_C2F = {"rounds": 3, "top_k": 3, "shrink": 0.5}
 
 def kftune_halving(scale: "Scale") -> dict[str, int]:
     """kftune's successive-halving defaults for this scale's budget, as the code defaults them."""
-    from kftune.core.early_stopping.successive_halving import SuccessiveHalving, default_min_budget
-    return {"eta": SuccessiveHalving.default_eta, "min_budget": default_min_budget(scale.max_epochs)}
+    from kftune.core.early_stopping import SuccessiveHalving
+    rule = SuccessiveHalving.from_settings({}, max_epochs=scale.max_epochs)
+    return {"eta": rule.eta, "min_budget": rule.min_budget}
 
 KFTUNE_FINALISTS = ((2, 2), (0, 1))  # (finalists, finalistRuns), first that fits
 RANDOM_STREAM = 10_000  # random search's hyperopt seed offset (see run_hyperopt)

@@ -52,7 +52,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-from kftune.core.early_stopping.successive_halving import ASHA, SuccessiveHalving, default_min_budget
+from kftune.core.early_stopping import get_early_stopping
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.lr_handoff import apply_lr_range
 from kftune.core.samplers.coarse_to_fine import CoarseToFineConfig, CoarseToFineSampler, top_trials
@@ -560,10 +560,8 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                                       **({"algorithmSettings": _settings(early.algorithm_settings)}
                                          if early.algorithm_settings else {})}
     elif early is not None:  # successive-halving, asha
-        es = early.settings()
-        eta = int(es.get("eta", (ASHA if early.algorithm_name == "asha" else SuccessiveHalving).default_eta))
-        max_budget = int(es.get("max_budget", spec.train.max_epochs))
-        min_budget = int(es.get("min_budget", default_min_budget(max_budget)))
+        rule = get_early_stopping(early.algorithm_name, early.settings(), max_epochs=spec.train.max_epochs)
+        eta, min_budget, max_budget = rule.eta, rule.min_budget, rule.max_budget
         plan = hyperband_plan(eta, min_budget, max_budget, max_trials)
         if algorithm["algorithmName"] != "random":
             notes.append(f"earlyStopping: {early.algorithm_name} cannot be combined with algorithm "
@@ -575,10 +573,7 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                          "map to Katib's hyperband, whose first rung would train for less than one epoch; the "
                          "Experiment runs without early stopping")
         else:
-            ours = [min_budget]
-            while ours[-1] * eta < max_budget:
-                ours.append(ours[-1] * eta)
-            ours.append(max_budget)
+            ours = list(rule.rungs())
             algorithm = {"algorithmName": "hyperband", "algorithmSettings": plan.settings()}
             notes.append(f"earlyStopping: {early.algorithm_name} maps to Katib's hyperband algorithm as one bracket: "
                          f"{plan.configurations} configurations, rungs at {list(plan.rungs)} epochs with "

@@ -110,7 +110,6 @@ class SuccessiveHalving:
 
     name: ClassVar[str] = "successive-halving"
     synchronous: ClassVar[bool] = True
-    default_eta: ClassVar[int] = 2
     known_settings: ClassVar[Mapping[str, str]] = {
         "eta": "int >= 2; 1/eta of the trials at a rung go on (default 2)",
         "min_budget": "int >= 1; epochs of the first rung (default 2, or 1 when max_budget is 2)",
@@ -118,7 +117,7 @@ class SuccessiveHalving:
     }
 
     eta: int = 2
-    min_budget: int = 2
+    min_budget: int = DEFAULT_MIN_BUDGET
     max_budget: int = 9
 
     def __post_init__(self) -> None:
@@ -140,7 +139,7 @@ class SuccessiveHalving:
                       max_epochs: int | None = None) -> "SuccessiveHalving":
         """Read ``algorithmSettings``; ``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
         r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
-        eta = r.int("eta", cls.default_eta, minimum=2)
+        eta = r.int("eta", cls.eta, minimum=2)  # the class's field default: 2, ASHA's 3
         max_budget = r.int("max_budget", max_epochs, minimum=1)
         min_budget = r.int("min_budget", default_min_budget(max_budget), minimum=1)
         r.done()
@@ -224,7 +223,6 @@ class ASHA(SuccessiveHalving):
 
     name: ClassVar[str] = "asha"
     synchronous: ClassVar[bool] = False
-    default_eta: ClassVar[int] = 3
     known_settings: ClassVar[Mapping[str, str]] = {
         **SuccessiveHalving.known_settings, "eta": "int >= 2; 1/eta of the trials at a rung go on (default 3)"}
 
