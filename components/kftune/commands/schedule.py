@@ -21,10 +21,10 @@ import re
 import sys
 from typing import Sequence
 
-from kftune.commands.submit import (RemoteError, add_remote_arguments, api_message, compiled_package, connect,
-                                    first_problem, overrides_from_args, prepare, quiet, remote_from_args)
+from kftune.commands.submit import (RemoteError, add_remote_arguments, api_message, compiled_package, config_failure,
+                                    connect, prepare_from_args, quiet)
 from kftune.core.errors import ConfigError, Problem
-from kftune.steps._common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, run_main
+from kftune.steps._common import EXIT_FAILURE, EXIT_OK, run_main
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
 
@@ -56,13 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _body(args: argparse.Namespace) -> int:
     try:
         cron = check_cron(args.cron)
-        remote = remote_from_args(args)
-        prepared = prepare(args.spec, variant=args.variant, store=args.store, warm_start=args.warm_start,
-                           overrides=overrides_from_args(args))
+        remote, prepared = prepare_from_args(args)
     except ConfigError as exc:
-        print(f"kftune schedule: {exc.source or args.spec}: cannot map onto the pipeline: {first_problem(exc)}",
-              file=sys.stderr)
-        return EXIT_CONFIG
+        return config_failure("kftune schedule", args, exc)
     job = prepared.job
     experiment_name = args.experiment or job.name
     name = args.name or f"{job.name} ({cron})"

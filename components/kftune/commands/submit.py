@@ -294,6 +294,20 @@ def first_problem(exc: ConfigError) -> str:
     return head + (f" (and {len(exc.problems) - 1} more: kftune validate shows all)" if len(exc.problems) > 1 else "")
 
 
+def prepare_from_args(args: argparse.Namespace) -> tuple[Remote, Prepared]:
+    """The KFP host and the prepared spec a ``submit``/``schedule`` command line asks for (:class:`ConfigError`
+    when either cannot be used)."""
+    remote = remote_from_args(args)
+    return remote, prepare(args.spec, variant=args.variant, store=args.store, warm_start=args.warm_start,
+                           overrides=overrides_from_args(args))
+
+
+def config_failure(prog: str, args: argparse.Namespace, exc: ConfigError) -> int:
+    """Print why the spec or command line cannot map onto the pipeline; the exit code for it."""
+    print(f"{prog}: {exc.source or args.spec}: cannot map onto the pipeline: {first_problem(exc)}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 # --------------------------------------------------------------------------------------------------
 # submit
 # --------------------------------------------------------------------------------------------------
@@ -337,13 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args: argparse.Namespace) -> int:
     try:
-        remote = remote_from_args(args)
-        prepared = prepare(args.spec, variant=args.variant, store=args.store, warm_start=args.warm_start,
-                           overrides=overrides_from_args(args))
+        remote, prepared = prepare_from_args(args)
     except ConfigError as exc:
-        print(f"kftune submit: {exc.source or args.spec}: cannot map onto the pipeline: {first_problem(exc)}",
-              file=sys.stderr)
-        return EXIT_CONFIG
+        return config_failure("kftune submit", args, exc)
     job = prepared.job
     experiment = args.experiment or job.name
     run_name = args.run_name or f"{job.name} {datetime.now().strftime('%Y-%m-%d %H:%M:%S')}"
