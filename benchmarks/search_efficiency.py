@@ -40,6 +40,10 @@ machine, ``--workers N``). Usage::
 
     python benchmarks/search_efficiency.py --scale smoke
     nohup python benchmarks/search_efficiency.py --scale reduced --workers 2 &
+    python benchmarks/search_efficiency.py --scale full --methods kftune --seeds 4,5,6 --work DIR
+
+``--seeds`` replaces the scale's search seeds: run a change on seeds it was not chosen on before
+believing it (the report, ``search_efficiency_<scale>_seeds-4-5-6.*``, covers those seeds only).
 
 Each (method, search seed) is one job in its own process (torch threads 1); ``--workers`` jobs run at
 once. Jobs write their results under ``--work`` (default ``/tmp/kftune-search-efficiency/<scale>``) as
@@ -66,7 +70,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -876,7 +880,10 @@ def write_report(scale: Scale, work: Path, methods: Sequence[str], corpus: str, 
               "environment": dict(env), "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **collect(scale, work, methods)}
     results_dir.mkdir(parents=True, exist_ok=True)
-    base = results_dir / f"search_efficiency_{scale.name}"
+    name = f"search_efficiency_{scale.name}"
+    if tuple(scale.search_seeds) != tuple(SCALES[scale.name].search_seeds):  # --seeds: never over the scale's report
+        name += "_seeds-" + "-".join(map(str, scale.search_seeds))
+    base = results_dir / name
     report["json"], report["plot"] = str(base.with_suffix(".json")), str(base.with_suffix(".png"))
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     base.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
@@ -922,6 +929,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--work", help="scratch directory (default /tmp/kftune-search-efficiency/<scale>)")
     p.add_argument("--results", default=str(RESULTS), help="where the report goes (default benchmarks/results)")
+    p.add_argument("--seeds", help="comma-separated search seeds instead of the scale's (e.g. 4,5,6 to check "
+                                   "that a change is not tuned to the scale's seeds)")
     p.add_argument("--job", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -929,6 +938,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("KFTUNE_PROGRESS", "log")
     scale = SCALES[args.scale]
+    if args.seeds:
+        try:
+            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+        except ValueError:
+            p.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 4,5,6")
+        if not seeds:
+            p.error("--seeds: give at least one seed")
+        scale = replace(scale, search_seeds=seeds)
     work = Path(args.work or f"/tmp/kftune-search-efficiency/{scale.name}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
