@@ -731,7 +731,9 @@ def _fmt(x: float | None, pct: bool = True, digits: int = 2) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     scale = report["scale"]
-    lines = [f"# Search efficiency on TREC_6 ({scale['name']} scale)", ""]
+    seeds = list(scale["search_seeds"])
+    other = "" if seeds == list(SCALES[scale["name"]].search_seeds) else f", search seeds {', '.join(map(str, seeds))}"
+    lines = [f"# Search efficiency on TREC_6 ({scale['name']} scale{other})", ""]
     if scale["name"] != "full":
         lines += [f"**{scale['note']}.** Not the issue's full protocol; see `--scale full`.", ""]
     c = report["corpus"]
@@ -834,7 +836,8 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
     ax.text(cap, ax.get_ylim()[0], " 1/3 of random", fontsize=8, va="bottom")
     ax.set_xlabel("cumulative training epochs (search + finalists)")
     ax.set_ylabel("best dev objective found (%)")
-    ax.set_title(f"best dev vs epochs (line style: search seed) — {sc['name']} scale")
+    ax.set_title(f"best dev vs epochs (line style: search seed) — {sc['name']} scale, "
+                 f"seeds {', '.join(map(str, sc['search_seeds']))}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     names = [m for m, v in report["per_method"].items() if v["dev_mean_median"] is not None]
