@@ -729,11 +729,17 @@ def _fmt(x: float | None, pct: bool = True, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
 
 
+def other_seeds(scale_name: str, seeds: Sequence[int]) -> tuple[int, ...] | None:
+    """``seeds`` when ``--seeds`` replaced the scale's search seeds with them, else ``None``."""
+    seeds = tuple(int(s) for s in seeds)
+    return None if seeds == tuple(SCALES[scale_name].search_seeds) else seeds
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     scale = report["scale"]
-    seeds = list(scale["search_seeds"])
-    other = "" if seeds == list(SCALES[scale["name"]].search_seeds) else f", search seeds {', '.join(map(str, seeds))}"
-    lines = [f"# Search efficiency on TREC_6 ({scale['name']} scale{other})", ""]
+    other = other_seeds(scale["name"], scale["search_seeds"])
+    title = f"{scale['name']} scale" + (f", search seeds {', '.join(map(str, other))}" if other else "")
+    lines = [f"# Search efficiency on TREC_6 ({title})", ""]
     if scale["name"] != "full":
         lines += [f"**{scale['note']}.** Not the issue's full protocol; see `--scale full`.", ""]
     c = report["corpus"]
@@ -883,10 +889,8 @@ def write_report(scale: Scale, work: Path, methods: Sequence[str], corpus: str, 
               "environment": dict(env), "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **collect(scale, work, methods)}
     results_dir.mkdir(parents=True, exist_ok=True)
-    name = f"search_efficiency_{scale.name}"
-    if tuple(scale.search_seeds) != tuple(SCALES[scale.name].search_seeds):  # --seeds: never over the scale's report
-        name += "_seeds-" + "-".join(map(str, scale.search_seeds))
-    base = results_dir / name
+    other = other_seeds(scale.name, scale.search_seeds)  # --seeds: never over the scale's own report
+    base = results_dir / (f"search_efficiency_{scale.name}" + ("_seeds-" + "-".join(map(str, other)) if other else ""))
     report["json"], report["plot"] = str(base.with_suffix(".json")), str(base.with_suffix(".png"))
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     base.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
