@@ -44,6 +44,11 @@ machine, ``--workers N``). Usage::
 
 ``--seeds`` replaces the scale's search seeds: run a change on seeds it was not chosen on before
 believing it (the report, ``search_efficiency_<scale>_seeds-4-5-6.*``, covers those seeds only).
+``--render REPORT.json`` rewrites a saved report's Markdown and plot with this version's layout.
+
+The report's section "How large a difference means something" splits the retrained scores of the
+chosen configurations into seed-to-seed noise and true differences between configurations (see
+:func:`resolution`): read the gaps between methods against it.
 
 Each (method, search seed) is one job in its own process (torch threads 1); ``--workers`` jobs run at
 once. Jobs write their results under ``--work`` (default ``/tmp/kftune-search-efficiency/<scale>``) as
@@ -720,7 +725,37 @@ def collect(scale: Scale, work: Path, methods: Sequence[str]) -> dict[str, Any]:
                   "dev_gap_vs_peer": dev_gap, "test_gap_vs_peer": test_gap,
                   "dev_ok": all(g >= 0 for g in dev_gap.values()), "test_ok": all(g >= 0 for g in test_gap.values())}
         target["met"] = bool(epochs_ok and target["dev_ok"] and target["test_ok"] and complete)
-    return {"per_method": per_method, "target": target, "complete": complete}
+    return {"per_method": per_method, "target": target, "complete": complete, "resolution": resolution(per_method)}
+
+
+def resolution(per_method: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How finely the retrained scores can tell configurations apart, from this run's own retrainings.
+
+    Over the distinct chosen configurations (each retrained with the same seeds), a one-way random-effects
+    split of the per-seed scores: ``within_sd`` (one configuration, seed to seed), ``noise_sd`` of an
+    ``n``-seed mean (``within_sd / sqrt(n)``, what every retrained mean in the table carries), and
+    ``between_sd`` (how much the configurations' true means differ: the variance of their means less the
+    noise variance, floored at 0). Returns ``None`` with fewer than 2 configurations.
+    """
+    runs: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for v in per_method.values():
+        for r in v["seeds"]:
+            rt = r.get("retrain")
+            if rt:
+                key = json.dumps(rt["assignment"], sort_keys=True)
+                runs.setdefault(key, {}).update({int(x["seed"]): x for x in rt["runs"]})
+    sizes = {len(x) for x in runs.values()}
+    if len(runs) < 2 or len(sizes) != 1 or min(sizes) < 2:
+        return None
+    n = sizes.pop()
+    out: dict[str, Any] = {"configurations": len(runs), "seeds": n}
+    for metric in ("dev", "test"):
+        scores = [[float(x[metric]) for x in by_seed.values()] for by_seed in runs.values()]
+        within = statistics.fmean(statistics.variance(s) for s in scores)
+        means = [statistics.fmean(s) for s in scores]
+        between = max(0.0, statistics.variance(means) - within / n)
+        out[metric] = {"within_sd": within ** 0.5, "noise_sd": (within / n) ** 0.5, "between_sd": between ** 0.5}
+    return out
 
 
 def _fmt(x: float | None, pct: bool = True, digits: int = 2) -> str:
@@ -773,6 +808,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"{m} {100 * g:+.2f}" for m, g in t["dev_gap_vs_peer"].items()),
                   "- retrained test, kftune minus peer (points): " + ", ".join(
                       f"{m} {100 * g:+.2f}" for m, g in t["test_gap_vs_peer"].items()), ""]
+    res = report.get("resolution")
+    if res:
+        d, te = res["dev"], res["test"]
+        lines += ["## How large a difference means something", "",
+                  f"Over the {res['configurations']} distinct configurations chosen above, each retrained with the same "
+                  f"{res['seeds']} seeds: one configuration's score moves by {_fmt(d['within_sd'])} points (dev) and "
+                  f"{_fmt(te['within_sd'])} (test) sd from seed to seed, so a retrained mean carries a noise sd of "
+                  f"{_fmt(d['noise_sd'])} (dev) and {_fmt(te['noise_sd'])} (test), and the gap between two of them one of "
+                  f"{_fmt(d['noise_sd'] * 2 ** 0.5)} (dev) and {_fmt(te['noise_sd'] * 2 ** 0.5)} (test); the configurations' true means differ "
+                  f"by an estimated sd of {_fmt(d['between_sd'])} (dev) and {_fmt(te['between_sd'])} (test). A gap between "
+                  "two methods' retrained means well inside that sd says little about which search is better (each "
+                  "method's row above is the median over search seeds of such means).", ""]
     lines += ["## Per search seed", "", "| method | seed | epochs | best dev found | chosen configuration | "
               "retrained dev | retrained test |", "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for m, v in report["per_method"].items():
@@ -898,6 +945,26 @@ def write_report(scale: Scale, work: Path, methods: Sequence[str], corpus: str, 
     return report
 
 
+def _in_methods_order(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` keyed by method in :data:`METHODS`' order (a saved report's keys are sorted)."""
+    return {m: d[m] for m in METHODS if m in d}
+
+
+def rerender(path: Path) -> None:
+    """Rewrite ``path``'s Markdown and plot (and its derived fields) from the records it holds."""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["per_method"] = _in_methods_order(report["per_method"])
+    for gaps in ("dev_gap_vs_peer", "test_gap_vs_peer"):
+        if report.get("target"):
+            report["target"][gaps] = _in_methods_order(report["target"][gaps])
+    report["resolution"] = resolution(report["per_method"])
+    path = path.resolve()
+    report["json"], report["plot"] = str(path), str(path.with_suffix(".png"))
+    path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
+    render_plot(report, path.with_suffix(".png"))
+
+
 # --------------------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------------------
@@ -938,12 +1005,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where the report goes (default benchmarks/results)")
     p.add_argument("--seeds", help="comma-separated search seeds instead of the scale's (e.g. 4,5,6 to check "
                                    "that a change is not tuned to the scale's seeds)")
+    p.add_argument("--render", metavar="REPORT_JSON", help="rewrite the .md and .png of a saved report with this "
+                                                           "version's layout (no training)")
     p.add_argument("--job", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kftune.nlp.trainer", "kftune.steps.trial"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("KFTUNE_PROGRESS", "log")
+    if args.render:
+        try:
+            rerender(Path(args.render))
+        except (OSError, ValueError, KeyError) as exc:
+            p.error(f"--render {args.render}: not a saved report of this benchmark ({exc!r})")
+        return 0
     scale = SCALES[args.scale]
     if args.seeds:
         try:
