@@ -44,6 +44,10 @@ machine, ``--workers N``). Usage::
 
 ``--seeds`` replaces the scale's search seeds: run a change on seeds it was not chosen on before
 believing it (the report, ``search_efficiency_<scale>_seeds-4-5-6.*``, covers those seeds only).
+``--retrain-seeds 1001,...,1010`` retrains every job's chosen configuration with those seeds instead
+of the scale's 3 (searches already done are reused; each job keeps its 3-seed ``retrain.json`` and adds
+``retrain_<seeds>.json``; the report is ``..._retrain-1001to1010.*``): a finer measure of how good each
+method's choice is than the issue's 3 seeds give.
 ``--render REPORT.json`` rewrites a saved report's Markdown and plot with this version's layout.
 
 The report's section "How large a difference means something" splits the retrained scores of the
@@ -601,8 +605,15 @@ def job_dir(work: Path, method: str, seed: int) -> Path:
     return work / "jobs" / method / f"seed-{seed}"
 
 
+def retrain_file_name(scale: Scale) -> str:
+    """``retrain.json``, or ``retrain_<seeds>.json`` when ``--retrain-seeds`` replaced the scale's
+    retraining seeds (so a job keeps both, and the issue's 3-seed record is never overwritten)."""
+    other = other_retrain_seeds(scale.name, scale.retrain_seeds)
+    return "retrain.json" if other is None else f"retrain_{seeds_tag(other)}.json"
+
+
 def run_job(scale: Scale, method: str, seed: int, work: Path, corpus: str) -> None:
-    """Search (unless ``search.json`` exists), then retrain (unless ``retrain.json`` exists)."""
+    """Search (unless ``search.json`` exists), then retrain (unless :func:`retrain_file_name` exists)."""
     import torch
 
     torch.set_num_threads(1)
@@ -643,7 +654,7 @@ def run_job(scale: Scale, method: str, seed: int, work: Path, corpus: str) -> No
         log.info("%s seed %d: %.1f epochs, best dev found %.4f, chosen %s", method, seed, epochs,
                  record["best_dev_found"] or float("nan"), json.dumps(record["chosen"]["assignment"]))
     record = json.loads(search_file.read_text(encoding="utf-8"))
-    retrain_file = out / "retrain.json"
+    retrain_file = out / retrain_file_name(scale)
     if not retrain_file.exists():
         fn = TrialFunction(corpus, spec)
         space = None
@@ -693,8 +704,8 @@ def collect(scale: Scale, work: Path, methods: Sequence[str]) -> dict[str, Any]:
             if not (d / "search.json").exists():
                 continue
             rec = json.loads((d / "search.json").read_text(encoding="utf-8"))
-            if (d / "retrain.json").exists():
-                rec["retrain"] = json.loads((d / "retrain.json").read_text(encoding="utf-8"))
+            if (d / retrain_file_name(scale)).exists():
+                rec["retrain"] = json.loads((d / retrain_file_name(scale)).read_text(encoding="utf-8"))
             seeds.append(rec)
         done = [r for r in seeds if "retrain" in r]
         per_method[m] = {
@@ -770,10 +781,35 @@ def other_seeds(scale_name: str, seeds: Sequence[int]) -> tuple[int, ...] | None
     return None if seeds == tuple(SCALES[scale_name].search_seeds) else seeds
 
 
+def other_retrain_seeds(scale_name: str, seeds: Sequence[int]) -> tuple[int, ...] | None:
+    """``seeds`` when ``--retrain-seeds`` replaced the scale's retraining seeds with them, else ``None``."""
+    seeds = tuple(int(s) for s in seeds)
+    return None if seeds == tuple(SCALES[scale_name].retrain_seeds) else seeds
+
+
+def seeds_tag(seeds: Sequence[int]) -> str:
+    """Seeds in a file name: ``4-5-6``; a run of 4 or more consecutive seeds as ``1001to1010``."""
+    seeds = [int(x) for x in seeds]
+    if len(seeds) >= 4 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}to{seeds[-1]}"
+    return "-".join(map(str, seeds))
+
+
+def report_name(scale: Mapping[str, Any]) -> str:
+    """The report's file stem: ``search_efficiency_<scale>``, plus ``_seeds-<search seeds>`` and
+    ``_retrain-<retraining seeds>`` where ``--seeds`` / ``--retrain-seeds`` replaced the scale's."""
+    other = other_seeds(scale["name"], scale["search_seeds"])
+    other_rt = other_retrain_seeds(scale["name"], scale["retrain_seeds"])
+    return (f"search_efficiency_{scale['name']}" + (f"_seeds-{seeds_tag(other)}" if other else "")
+            + (f"_retrain-{seeds_tag(other_rt)}" if other_rt else ""))
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     scale = report["scale"]
     other = other_seeds(scale["name"], scale["search_seeds"])
-    title = f"{scale['name']} scale" + (f", search seeds {', '.join(map(str, other))}" if other else "")
+    other_rt = other_retrain_seeds(scale["name"], scale["retrain_seeds"])
+    title = (f"{scale['name']} scale" + (f", search seeds {', '.join(map(str, other))}" if other else "")
+             + (f", {len(other_rt)} retraining seeds" if other_rt else ""))
     lines = [f"# Search efficiency on TREC_6 ({title})", ""]
     if scale["name"] != "full":
         lines += [f"**{scale['note']}.** Not the issue's full protocol; see `--scale full`.", ""]
@@ -936,8 +972,7 @@ def write_report(scale: Scale, work: Path, methods: Sequence[str], corpus: str, 
               "environment": dict(env), "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **collect(scale, work, methods)}
     results_dir.mkdir(parents=True, exist_ok=True)
-    other = other_seeds(scale.name, scale.search_seeds)  # --seeds: never over the scale's own report
-    base = results_dir / (f"search_efficiency_{scale.name}" + ("_seeds-" + "-".join(map(str, other)) if other else ""))
+    base = results_dir / report_name(report["scale"])  # --seeds / --retrain-seeds: never over the scale's own
     report["json"], report["plot"] = str(base.with_suffix(".json")), str(base.with_suffix(".png"))
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     base.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
@@ -1005,6 +1040,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where the report goes (default benchmarks/results)")
     p.add_argument("--seeds", help="comma-separated search seeds instead of the scale's (e.g. 4,5,6 to check "
                                    "that a change is not tuned to the scale's seeds)")
+    p.add_argument("--retrain-seeds", help="comma-separated retraining seeds instead of the scale's (more seeds: a "
+                                           "finer measure of each choice; searches already done are reused)")
     p.add_argument("--render", metavar="REPORT_JSON", help="rewrite the .md and .png of a saved report with this "
                                                            "version's layout (no training)")
     p.add_argument("--job", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
@@ -1020,14 +1057,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--render {args.render}: not a saved report of this benchmark ({exc!r})")
         return 0
     scale = SCALES[args.scale]
-    if args.seeds:
+
+    def seed_list(option: str, text: str, example: str) -> tuple[int, ...]:
         try:
-            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+            seeds = tuple(int(x) for x in text.split(",") if x.strip())
         except ValueError:
-            p.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 4,5,6")
+            p.error(f"{option} {text!r}: give integers separated by commas, e.g. {example}")
         if not seeds:
-            p.error("--seeds: give at least one seed")
-        scale = replace(scale, search_seeds=seeds)
+            p.error(f"{option}: give at least one seed")
+        if len(set(seeds)) != len(seeds):
+            p.error(f"{option} {text!r}: a seed is repeated")
+        return seeds
+
+    if args.seeds:
+        scale = replace(scale, search_seeds=seed_list("--seeds", args.seeds, "4,5,6"))
+    if args.retrain_seeds:
+        scale = replace(scale, retrain_seeds=seed_list("--retrain-seeds", args.retrain_seeds, "1001,1002,1003,1004"))
     work = Path(args.work or f"/tmp/kftune-search-efficiency/{scale.name}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -1052,10 +1097,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def launch(job: tuple[str, int]) -> None:
         method, seed = job
         d = job_dir(work, method, seed)
-        if (d / "search.json").exists() and (d / "retrain.json").exists():
+        if (d / "search.json").exists() and (d / retrain_file_name(scale)).exists():
             return
         d.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, script, "--scale", scale.name, "--work", str(work), "--job", method, str(seed)]
+        cmd = [sys.executable, script, "--scale", scale.name, "--work", str(work), "--job", method, str(seed),
+               "--retrain-seeds", ",".join(map(str, scale.retrain_seeds))]
         env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "KFTUNE_PROGRESS": "log"}
         if method == "ray-asha" and netns:
             cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]

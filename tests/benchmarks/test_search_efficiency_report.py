@@ -63,3 +63,29 @@ def test_rerender_keeps_the_method_order_and_adds_the_resolution(tmp_path):
     assert "## How large a difference means something" in md
     assert json.loads(path.read_text(encoding="utf-8"))["resolution"]["configurations"] >= 2
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_other_seeds_name_their_own_files():
+    full = bench.SCALES["full"]
+    assert bench.retrain_file_name(full) == "retrain.json"
+    assert bench.report_name({"name": "full", "search_seeds": [1, 2, 3], "retrain_seeds": [1001, 1002, 1003]}) \
+        == "search_efficiency_full"
+    assert bench.report_name({"name": "full", "search_seeds": [4, 5, 6], "retrain_seeds": [1001, 1002, 1003]}) \
+        == "search_efficiency_full_seeds-4-5-6"
+    ten = list(range(1001, 1011))
+    assert bench.retrain_file_name(bench.replace(full, retrain_seeds=tuple(ten))) == "retrain_1001to1010.json"
+    assert bench.report_name({"name": "full", "search_seeds": [1, 2, 3, 4, 5, 6], "retrain_seeds": ten}) \
+        == "search_efficiency_full_seeds-1to6_retrain-1001to1010"
+    assert bench.seeds_tag([7, 3, 9, 11]) == "7-3-9-11"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--retrain-seeds", "a,b"], "give integers separated by commas"),
+    (["--retrain-seeds", "1001,1001"], "a seed is repeated"),
+    (["--seeds", ","], "give at least one seed"),
+])
+def test_bad_seed_lists_name_the_option_and_the_fix(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
