@@ -907,7 +907,7 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     colors = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#17becf", "#ff7f0e", "#d62728")))
-    styles = ("-", "--", ":")
+    styles = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))  # one per search seed, up to 6
     for m, v in report["per_method"].items():
         for i, r in enumerate(v["seeds"]):
             pts = [(x, y) for x, y in r["curve"] if y is not None]
@@ -940,7 +940,8 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
     bx.set_xticks(list(xs))
     bx.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     bx.set_ylabel("accuracy (%)")
-    bx.set_title("chosen configuration retrained (mean ± sd; median over search seeds)", fontsize=9)
+    bx.set_title(f"chosen configuration retrained with {len(sc['retrain_seeds'])} seeds "
+                 "\n(mean ± sd; median over search seeds)", fontsize=9)
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
     fig.tight_layout()
