@@ -746,7 +746,8 @@ def resolution(per_method: Mapping[str, Any]) -> dict[str, Any] | None:
     split of the per-seed scores: ``within_sd`` (one configuration, seed to seed), ``noise_sd`` of an
     ``n``-seed mean (``within_sd / sqrt(n)``, what every retrained mean in the table carries), and
     ``between_sd`` (how much the configurations' true means differ: the variance of their means less the
-    noise variance, floored at 0). Returns ``None`` with fewer than 2 configurations.
+    noise variance, floored at 0). ``None`` with fewer than 2 configurations, or unless all of them were
+    retrained with the same number (at least 2) of seeds.
     """
     runs: dict[str, dict[int, Mapping[str, Any]]] = {}
     for v in per_method.values():
@@ -851,7 +852,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"Over the {res['configurations']} distinct configurations chosen above, each retrained with the same "
                   f"{res['seeds']} seeds: one configuration's score moves by {_fmt(d['within_sd'])} points (dev) and "
                   f"{_fmt(te['within_sd'])} (test) sd from seed to seed, so a retrained mean carries a noise sd of "
-                  f"{_fmt(d['noise_sd'])} (dev) and {_fmt(te['noise_sd'])} (test), and the gap between two of them one of "
+                  f"{_fmt(d['noise_sd'])} (dev) and {_fmt(te['noise_sd'])} (test), and the gap between two of them a noise sd of "
                   f"{_fmt(d['noise_sd'] * 2 ** 0.5)} (dev) and {_fmt(te['noise_sd'] * 2 ** 0.5)} (test); the configurations' true means differ "
                   f"by an estimated sd of {_fmt(d['between_sd'])} (dev) and {_fmt(te['between_sd'])} (test). A gap between "
                   "two methods' retrained means well inside that sd says little about which search is better (each "
