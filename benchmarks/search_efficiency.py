@@ -608,7 +608,7 @@ def job_dir(work: Path, method: str, seed: int) -> Path:
 def retrain_file_name(scale: Scale) -> str:
     """``retrain.json``, or ``retrain_<seeds>.json`` when ``--retrain-seeds`` replaced the scale's
     retraining seeds (so a job keeps both, and the issue's 3-seed record is never overwritten)."""
-    other = other_retrain_seeds(scale.name, scale.retrain_seeds)
+    other = other_seeds(scale.name, "retrain_seeds", scale.retrain_seeds)
     return "retrain.json" if other is None else f"retrain_{seeds_tag(other)}.json"
 
 
@@ -704,8 +704,9 @@ def collect(scale: Scale, work: Path, methods: Sequence[str]) -> dict[str, Any]:
             if not (d / "search.json").exists():
                 continue
             rec = json.loads((d / "search.json").read_text(encoding="utf-8"))
-            if (d / retrain_file_name(scale)).exists():
-                rec["retrain"] = json.loads((d / retrain_file_name(scale)).read_text(encoding="utf-8"))
+            retrain_file = d / retrain_file_name(scale)
+            if retrain_file.exists():
+                rec["retrain"] = json.loads(retrain_file.read_text(encoding="utf-8"))
             seeds.append(rec)
         done = [r for r in seeds if "retrain" in r]
         per_method[m] = {
@@ -776,16 +777,11 @@ def _fmt(x: float | None, pct: bool = True, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
 
 
-def other_seeds(scale_name: str, seeds: Sequence[int]) -> tuple[int, ...] | None:
-    """``seeds`` when ``--seeds`` replaced the scale's search seeds with them, else ``None``."""
+def other_seeds(scale_name: str, kind: str, seeds: Sequence[int]) -> tuple[int, ...] | None:
+    """``seeds`` when ``--seeds`` (``kind`` ``"search_seeds"``) or ``--retrain-seeds`` (``"retrain_seeds"``)
+    replaced the scale's seeds of that kind with them, else ``None``."""
     seeds = tuple(int(s) for s in seeds)
-    return None if seeds == tuple(SCALES[scale_name].search_seeds) else seeds
-
-
-def other_retrain_seeds(scale_name: str, seeds: Sequence[int]) -> tuple[int, ...] | None:
-    """``seeds`` when ``--retrain-seeds`` replaced the scale's retraining seeds with them, else ``None``."""
-    seeds = tuple(int(s) for s in seeds)
-    return None if seeds == tuple(SCALES[scale_name].retrain_seeds) else seeds
+    return None if seeds == tuple(getattr(SCALES[scale_name], kind)) else seeds
 
 
 def seeds_tag(seeds: Sequence[int]) -> str:
@@ -799,16 +795,16 @@ def seeds_tag(seeds: Sequence[int]) -> str:
 def report_name(scale: Mapping[str, Any]) -> str:
     """The report's file stem: ``search_efficiency_<scale>``, plus ``_seeds-<search seeds>`` and
     ``_retrain-<retraining seeds>`` where ``--seeds`` / ``--retrain-seeds`` replaced the scale's."""
-    other = other_seeds(scale["name"], scale["search_seeds"])
-    other_rt = other_retrain_seeds(scale["name"], scale["retrain_seeds"])
+    other = other_seeds(scale["name"], "search_seeds", scale["search_seeds"])
+    other_rt = other_seeds(scale["name"], "retrain_seeds", scale["retrain_seeds"])
     return (f"search_efficiency_{scale['name']}" + (f"_seeds-{seeds_tag(other)}" if other else "")
             + (f"_retrain-{seeds_tag(other_rt)}" if other_rt else ""))
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     scale = report["scale"]
-    other = other_seeds(scale["name"], scale["search_seeds"])
-    other_rt = other_retrain_seeds(scale["name"], scale["retrain_seeds"])
+    other = other_seeds(scale["name"], "search_seeds", scale["search_seeds"])
+    other_rt = other_seeds(scale["name"], "retrain_seeds", scale["retrain_seeds"])
     title = (f"{scale['name']} scale" + (f", search seeds {', '.join(map(str, other))}" if other else "")
              + (f", {len(other_rt)} retraining seeds" if other_rt else ""))
     lines = [f"# Search efficiency on TREC_6 ({title})", ""]
