@@ -229,6 +229,7 @@ def resolve_spec(
         "label_map": dict(c.label_map) if c.label_map is not None else None, "label_prefix": c.label_prefix,
         "token_column": c.token_column, "delimiter": c.delimiter, "header": c.header, "quoting": c.quoting,
         "encoding": c.encoding, "label_type": task.label_type, "tag_scheme": c.tag_scheme or "auto",
+        "tokenizer": c.tokenizer.to_spec() if c.tokenizer is not None else None,
         "downsample": c.downsample, "dev_fraction": c.dev_fraction, "seed": c.seed,
         # a URI without a sha256 is taken as given: the spec names no checksum to verify it against
         "allow_unverified": c.uri is not None and c.sha256 is None,
@@ -602,6 +603,7 @@ def final_training(
 
 
 def evaluate(
+    job_spec: Input[Artifact],
     corpus: Input[Dataset],
     model: Input[Model],
     evaluation: Output[Artifact],
@@ -609,24 +611,31 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
 ) -> float:
-    """Score the final model on the test split: metrics, a per-class report and the confusion matrix;
-    returns the main test score."""
+    """Score the final model on the test split: metrics, a per-class report and the confusion matrix,
+    and (spec.evaluation.baseline) the baseline trained on the same train split beside it; returns the
+    main test score."""
+    import json
     import shutil
     from pathlib import Path
 
+    from kftune.core.spec import parse_spec
     from kftune.nlp.evaluation import to_kfp_confusion_matrix
     from kftune.steps import evaluate as step
 
+    job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
     result = step.run(step.EvaluateConfig(model=str(Path(model.path) / "model.pt"), corpus=corpus.path,
-                                          out=evaluation.path, split="test"))
+                                          out=evaluation.path, split="test", baseline=job.spec.evaluation.baseline))
     e = result.evaluation
     if e.has_confusion:
         categories, matrix = to_kfp_confusion_matrix(e)
         confusion.log_confusion_matrix(categories, matrix)
-    for name, value in result.metrics.items():
+    for name, value in result.metrics.items():  # test_score, ..., baseline_test_score, delta_vs_baseline
         metrics.log_metric(name, value)
     shutil.copyfile(Path(evaluation.path) / "report.md", report.path)
     evaluation.metadata.update({"main_score_name": e.main_score_name, "main_score": e.main_score})
+    if result.baseline is not None:
+        evaluation.metadata.update({"baseline": result.baseline.method, "baseline_score": result.baseline.test_score,
+                                    "delta_vs_baseline": result.delta_vs_baseline})
     return float(e.main_score)
 
 

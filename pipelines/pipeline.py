@@ -189,7 +189,7 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
             final.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(final_gpus)
             kubernetes.add_node_selector_json(final, node_selector_json=gpu_args["node_selector"])
             kubernetes.add_toleration_json(final, toleration_json=gpu_args["tolerations"])
-        scored = c.evaluate(corpus=corpus_data, model=final.outputs["model"])
+        scored = c.evaluate(job_spec=job_spec, corpus=corpus_data, model=final.outputs["model"])
         _plain(scored)
         _store_env(scored)
         done = c.report(job_spec=job_spec, corpus=corpus_data, lr_test=lr.outputs["lr_test"],

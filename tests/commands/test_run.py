@@ -66,6 +66,11 @@ def _check_summary(out: str, best: dict[str, Any]) -> None:
     assert f"  best trial:      {best['id']} (dev_score {best['objective']:.4g})" in out
     m = re.search(r"  test score:      ([0-9.]+) \(accuracy, 500 test examples\)", out)
     assert m and 0.0 <= float(m.group(1)) <= 1.0
+    b = re.search(r"  vs baseline:     test accuracy ([0-9.]+) vs baseline ([0-9.]+) "
+                  r"\(tf-idf \+ logistic regression\): ([+-][0-9.]+) points"
+                  r"(, tuning beat the baseline|: the baseline is better|: a tie with the baseline)\n", out)
+    assert b, out
+    assert float(b.group(3)) == pytest.approx((float(b.group(1)) - float(b.group(2))) * 100, abs=0.11)
     assert "\x1b[" not in out  # the runner's coloured chatter stays in run.log
 
 
@@ -95,6 +100,9 @@ def test_run_completes_on_cpu_and_prints_the_best_parameters_and_the_test_score(
     assert summary["trials"]["completed"] == 2 and summary["run_id"] == "tiny-1"
     [pipeline_run] = list((out_dir / "kfp").iterdir())
     assert (pipeline_run / "evaluate" / "evaluation" / "result.json").is_file()
+    assert (pipeline_run / "evaluate" / "evaluation" / "baseline.json").is_file()
+    assert summary["test"]["baseline"]["name"] == "tf-idf + logistic regression"
+    assert "baseline" in (out_dir / "store" / "runs" / "tiny-1" / "report" / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -148,3 +156,38 @@ def test_a_failing_task_names_itself_and_the_runner_leaves_no_temporary_files(
     assert f"no such artifact: {missing}" in err[0] and str(out_dir / "run.log") in err[0]
     assert "] failure prepare-corpus\n" in captured.out
     assert sorted(p.name for p in out_dir.iterdir()) == ["kfp", "run.log"]
+
+
+class _Task:
+    def __init__(self, output: str):
+        self.output = output
+
+
+@pytest.mark.parametrize("model_score, line", [
+    (0.882, "  vs baseline:     test accuracy 0.882 vs baseline 0.834 (tf-idf + logistic regression): +4.8 points, "
+            "tuning beat the baseline\n"),
+    (0.822, "  vs baseline:     test accuracy 0.822 vs baseline 0.834 (tf-idf + logistic regression): -1.2 points: "
+            "the baseline is better\n")])
+def test_the_summary_says_whether_tuning_beat_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, model_score: float,
+                                                           line: str) -> None:
+    """The summary's baseline line, and --no-baseline turning the spec's evaluation.baseline off (no pipeline run:
+    the runner is replaced by one that records its arguments)."""
+    seen: list[dict[str, Any]] = []
+
+    def fake_run(pipeline: Any, arguments: dict[str, Any], out: Path, echo: Any) -> _Task:
+        seen.append(arguments)
+        out.mkdir(parents=True, exist_ok=True)
+        test = {"split": "test", "metric": "accuracy", "score": model_score, "examples": 500}
+        if json.loads(arguments["spec"])["spec"]["evaluation"]["baseline"]:
+            test["baseline"] = {"name": "tf-idf + logistic regression", "score": 0.834}
+        return _Task(json.dumps({"run_id": "r", "store": str(out / "store"), "test": test}))
+
+    monkeypatch.setattr(run_command, "run_pipeline", fake_run)
+    assert run_command.main([str(_spec(tmp_path)), "--out", str(tmp_path / "a"), "--run-id", "r"]) == 0
+    out = capsys.readouterr().out
+    assert f"  test score:      {model_score:.4g} (accuracy, 500 test examples)\n{line}" in out
+    assert run_command.main([str(_spec(tmp_path)), "--out", str(tmp_path / "b"), "--run-id", "r",
+                             "--no-baseline"]) == 0
+    assert "vs baseline" not in capsys.readouterr().out
+    assert [json.loads(a["spec"])["spec"]["evaluation"] for a in seen] == [{"baseline": True}, {"baseline": False}]

@@ -126,3 +126,73 @@ def test_console_entry_point_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kftune", "validate", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert 'kind: "Experiment" is not TuningJob' in result.stdout
+
+
+# --------------------------------------------------------------------------- corpus.tokenizer
+def _with_corpus(tmp_path, corpus_lines: str, name: str = "tok.yaml") -> Path:
+    text = TREC6.read_text(encoding="utf-8")
+    head, _, rest = text.partition("  corpus:\n")
+    _, _, tail = rest.partition("    seed: 1\n")
+    spec = tmp_path / name
+    spec.write_text(head + "  corpus:\n" + corpus_lines + tail, encoding="utf-8")
+    return spec
+
+
+def test_a_tokenizer_choice_validates_and_prints_back(tmp_path, capsys):
+    spec = _with_corpus(tmp_path, "    name: NSMC\n    tokenizer: {type: subword, vocabSize: 4000}\n")
+    assert main([str(spec), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "vocabSize: 4000" in out and "type: subword" in out
+    job = load_spec(spec)
+    assert job.spec.corpus.tokenizer.type == "subword" and job.spec.corpus.tokenizer.options["vocab_size"] == 4000
+
+
+def test_an_unknown_tokenizer_exits_2_listing_the_choices(tmp_path, capsys):
+    spec = _with_corpus(tmp_path, "    name: NSMC\n    tokenizer: mecab\n")
+    assert main([str(spec)]) == 2
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "spec.corpus.tokenizer" in line)
+    assert "'mecab' is not a tokenizer" in line and "regex, whitespace, char, morpheme, subword" in line
+    assert line.endswith(f"(line {_line_of(spec.read_text(encoding='utf-8'), 'mecab')})")
+
+
+def test_a_bad_tokenizer_option_is_named_by_its_path(tmp_path, capsys):
+    spec = _with_corpus(tmp_path, "    name: TREC_6\n    tokenizer: {type: subword, vocabSize: 5, modelTyp: bpe}\n")
+    assert main([str(spec)]) == 2
+    out = capsys.readouterr().out
+    assert "spec.corpus.tokenizer.vocabSize: 5 is out of range" in out
+    assert 'spec.corpus.tokenizer.modelTyp: not an option of tokenizer subword; did you mean "modelType"?' in out
+
+
+def test_a_tagged_corpus_takes_only_whitespace(tmp_path, capsys):
+    text = (REPO / "examples" / "wnut17.yaml").read_text(encoding="utf-8")
+    spec = tmp_path / "wnut.yaml"
+    spec.write_text(text.replace("    name: WNUT_17", "    name: WNUT_17\n    tokenizer: morpheme", 1), encoding="utf-8")
+    assert "tokenizer: morpheme" in spec.read_text(encoding="utf-8")
+    assert main([str(spec)]) == 2
+    assert "spec.corpus.tokenizer: format conll comes tokenized" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("corpus, module, package, extra", [
+    ("    name: NSMC\n", "kiwipiepy", "kiwipiepy", "korean"),  # NSMC's default tokenizer is morpheme
+    ("    name: TREC_6\n    tokenizer: morpheme\n", "kiwipiepy_model", "kiwipiepy-model", "korean"),
+    ("    name: TREC_6\n    tokenizer: {type: subword}\n", "sentencepiece", "sentencepiece", "subword"),
+])
+def test_a_missing_tokenizer_package_exits_2_before_any_work(tmp_path, capsys, monkeypatch, corpus, module,
+                                                              package, extra):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == module else real(name, *a, **k))
+    spec = _with_corpus(tmp_path, corpus)
+    assert main([str(spec)]) == 2
+    out = capsys.readouterr().out
+    assert f"needs the Python package {package}, which is not installed: run pip install 'kftune[{extra}]'" in out
+    # `kftune run` parses the same spec first: exit 2 before the pipeline starts
+    from kftune.commands import run as run_command
+
+    started = []
+    monkeypatch.setattr(run_command, "run_pipeline", lambda *a, **k: started.append(a), raising=False)
+    assert cli_main(["run", str(spec), "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store")]) == 2
+    assert package in capsys.readouterr().err and not started

@@ -572,3 +572,74 @@ def test_a_cpu_only_job_asks_for_no_gpu_and_round_trips() -> None:
     job = parse_spec(data)
     assert job.spec.resources.trial_gpu == 0 and job.spec.resources.final_gpu == 0
     assert parse_spec(job_to_dict(job)) == job
+
+
+# ----------------------------------------------------------------------------------------- corpus.tokenizer
+
+@pytest.mark.parametrize("value, expected", [
+    ("morpheme", "morpheme"),
+    ({"type": "morpheme"}, "morpheme"),  # every option at its default: written back as the bare name
+    ({"type": "subword", "vocabSize": 4000, "modelType": "bpe"}, {"type": "subword", "vocabSize": 4000,
+                                                                   "modelType": "bpe"}),
+    ({"type": "char", "boundaries": True}, {"type": "char", "boundaries": True}),
+])
+def test_corpus_tokenizer_parses_and_round_trips(value, expected):
+    job = parse_spec(mutate(_set("spec.corpus.tokenizer", value)))
+    assert job.spec.corpus.tokenizer.to_spec() == expected
+    assert job_to_dict(job)["spec"]["corpus"]["tokenizer"] == expected
+    assert parse_spec(job_to_dict(job)) == job
+    assert parse_spec(base()).spec.corpus.tokenizer is None  # unset: the corpus' default
+    assert "tokenizer" not in job_to_dict(parse_spec(base()))["spec"]["corpus"]
+
+
+@pytest.mark.parametrize("value, path, fragment", [
+    ("mecab", "spec.corpus.tokenizer", "choices: regex, whitespace, char, morpheme, subword"),
+    ("morphem", "spec.corpus.tokenizer", 'did you mean "morpheme"?'),
+    ({"vocabSize": 10}, "spec.corpus.tokenizer.type", "required: one of regex, whitespace"),
+    ({"type": "subword", "vocabSize": "big"}, "spec.corpus.tokenizer.vocabSize", "not an integer"),
+    ({"type": "morpheme", "tags": "yes"}, "spec.corpus.tokenizer.tags", "not a boolean"),
+    ({"type": "subword", "modelType": "word"}, "spec.corpus.tokenizer.modelType", "not one of: unigram, bpe"),
+    ({"type": "whitespace", "lower": True}, "spec.corpus.tokenizer.lower", "it has no options"),
+    (["regex"], "spec.corpus.tokenizer", "neither a tokenizer name"),
+])
+def test_corpus_tokenizer_problems_have_their_paths(value, path, fragment):
+    found = problems_of(mutate(_set("spec.corpus.tokenizer", value)))
+    assert [p.path for p in found] == [path] and fragment in found[0].message
+
+
+def test_conll_corpora_take_only_the_whitespace_tokenizer():
+    def wnut(d: dict[str, Any]) -> None:
+        d["spec"]["corpus"] = {"name": "WNUT_17", "tokenizer": "subword"}
+        d["spec"]["task"] = {"type": "sequence_labeling"}
+
+    found = [p for p in problems_of(mutate(wnut)) if p.path.startswith("spec.corpus")]
+    assert [p.path for p in found] == ["spec.corpus.tokenizer"] and "must be whitespace" in found[0].message
+
+    def uri(d: dict[str, Any]) -> None:
+        d["spec"]["corpus"] = {"uri": "data/train.conllu", "format": "conllu", "tokenizer": "whitespace"}
+        d["spec"]["task"] = {"type": "sequence_labeling"}
+
+    assert not [p for p in spec_problems(mutate(uri)) if p.path.startswith("spec.corpus")]
+
+
+def test_a_missing_tokenizer_package_is_a_spec_problem(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "kiwipiepy" else real(name, *a, **k))
+    found = problems_of(mutate(lambda d: d["spec"]["corpus"].update(name="NSMC")))
+    assert [p.path for p in found] == ["spec.corpus.tokenizer"]
+    assert "NSMC's default tokenizer is morpheme" in found[0].message
+    assert "kiwipiepy" in found[0].message and "pip install 'kftune[korean]'" in found[0].message
+    assert parse_spec(mutate(lambda d: d["spec"]["corpus"].update(name="NSMC", tokenizer="regex")))
+
+
+def test_the_evaluation_block_turns_the_baseline_on_and_off():
+    job = parse_spec(base())
+    assert job.spec.evaluation.baseline is True  # on unless the spec says otherwise
+    assert job_to_dict(job)["spec"]["evaluation"] == {"baseline": True}
+    off = parse_spec(mutate(_set("spec.evaluation", {"baseline": False})))
+    assert off.spec.evaluation.baseline is False and parse_spec(job_to_dict(off)) == off
+    found = problems_of(mutate(_set("spec.evaluation", {"baseline": "no", "baselines": True})))
+    assert sorted(p.path for p in found) == ["spec.evaluation.baseline", "spec.evaluation.baselines"]

@@ -366,3 +366,109 @@ def test_real_cli_in_a_subprocess(corpus_mirror, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kftune", "corpus", "--name", "TREC_6", "--downsample", "2",
                           "--out", str(tmp_path / "p")], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "corpus.downsample" in bad.stderr
+
+
+# --------------------------------------------------------------------------- tokenizers
+def test_nsmc_is_tokenized_into_morphemes_by_default(corpus_mirror, tmp_path, capsys):
+    out = tmp_path / "nsmc"
+    assert main(["--name", "NSMC", "--downsample", "0.002", "--downsample-test", "--out", str(out)]) == 0
+    meta = corpus_json(out)
+    tok = meta["tokenizer"]
+    assert tok["type"] == "morpheme" and tok["tags"] is True and tok["analyzer"] == "kiwipiepy" and tok["version"]
+    rows = jsonl(out / "train.jsonl")
+    assert rows and all(set(r) == {"label", "text", "tokens"} for r in rows)
+    assert all(t.count("/") >= 1 and t.rsplit("/", 1)[1].isupper() for r in rows for t in r["tokens"]
+               if t.rsplit("/", 1)[1][:1].isalpha())
+    assert meta["splits"]["train"]["tokens"] == sum(len(r["tokens"]) for r in rows)
+    from kftune.nlp.tokenizers import tokenizer_from_dict
+
+    again = tokenizer_from_dict(tok)  # corpus.json recreates the tokenizer that made the tokens
+    assert [again.tokenize(r["text"]) for r in rows[:20]] == [r["tokens"] for r in rows[:20]]
+    card = (out / "card.md").read_text(encoding="utf-8")
+    assert f"| tokenizer | morpheme (tags=True); kiwipiepy {tok['version']}" in card
+    printed = capsys.readouterr().out
+    assert "tokenizer morpheme (tags=True):" in printed and "sentences/s" in printed
+
+
+def test_pretokenized_corpora_keep_their_tokens_and_record_whitespace(corpus_mirror, tmp_path):
+    result = run(CorpusConfig(out=str(tmp_path / "t"), name="TREC_6", downsample=0.1))
+    assert result.metadata["tokenizer"] == {"type": "whitespace"}
+    assert "| tokenizer | whitespace |" in (tmp_path / "t" / "card.md").read_text(encoding="utf-8")
+    assert result.tokenization["sentences"] == sum(s.examples for s in result.splits.values())
+    with pytest.raises(ConfigError) as err:
+        CorpusConfig(out=str(tmp_path / "w"), name="WNUT_17", tokenizer="char").validate()
+    assert [p.path for p in err.value.problems] == ["corpus.tokenizer"]
+    assert "must be whitespace" in str(err.value)
+
+
+def _reviews(tmp_path: Path, n: int = 240) -> Path:
+    words = ["좋은", "영화", "재밌어요", "최고", "별로", "지루해요", "배우", "연기", "good", "bad", "movie", "plot"]
+    rows = ["text,label"] + [f"{words[i % 12]} {words[(i * 5) % 12]} {words[(i * 7 + 3) % 12]}{i},"
+                             f"{'pos' if i % 3 else 'neg'}" for i in range(n)]
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_char_and_regex_tokenizers_on_a_uri_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = _reviews(tmp_path)
+    base = ["--uri", str(data), "--format", "csv", "--allow-unverified"]
+    assert main([*base, "--out", str(tmp_path / "r")]) == 0
+    assert corpus_json(tmp_path / "r")["tokenizer"] == {"type": "regex"}
+    assert main([*base, "--tokenizer", '{"type": "char", "boundaries": true}', "--out", str(tmp_path / "c")]) == 0
+    assert corpus_json(tmp_path / "c")["tokenizer"] == {"type": "char", "boundaries": True}
+    row = jsonl(tmp_path / "c" / "train.jsonl")[0]
+    assert row["tokens"] == [c if c != " " else "▁" for c in " ".join(row["text"].split())]
+
+
+def test_subword_is_trained_on_the_train_split_only_and_deterministic(tmp_path, monkeypatch):
+    from kftune.nlp.tokenizers import SubwordTokenizer, tokenizer_from_dict
+
+    monkeypatch.setenv("KFTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = _reviews(tmp_path)
+    seen: list[list[str]] = []
+    real = SubwordTokenizer.train.__func__
+
+    def spy(cls, texts, *args, **kwargs):
+        texts = list(texts)
+        seen.append(texts)
+        return real(cls, texts, *args, **kwargs)
+
+    monkeypatch.setattr(SubwordTokenizer, "train", classmethod(spy))
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        run(CorpusConfig(out=str(out), uri=str(data), format="csv", allow_unverified=True,
+                         tokenizer={"type": "subword", "vocabSize": 100}))
+    train = jsonl(outs[0] / "train.jsonl")
+    assert seen[0] == [r["text"] for r in train]  # the output train split's texts, nothing from dev or test
+    dev_test = {r["text"] for s in ("dev", "test") for r in jsonl(outs[0] / f"{s}.jsonl")}
+    assert dev_test and dev_test.isdisjoint(seen[0])
+    for name in FILES:  # the same input gives a byte-identical model, corpus.json and splits
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    tok = tokenizer_from_dict(corpus_json(outs[0])["tokenizer"])
+    assert tok.kind == "subword" and all(tok.tokenize(r["text"]) == r["tokens"] for r in train)
+
+
+def test_an_unknown_tokenizer_exits_2_listing_the_choices(tmp_path, capsys):
+    assert main(["--name", "TREC_6", "--tokenizer", "mecab", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "corpus.tokenizer" in err and "regex, whitespace, char, morpheme, subword" in err
+    assert main(["--name", "TREC_6", "--tokenizer", "{not json", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_package_fails_before_any_work(corpus_mirror, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "kiwipiepy" else real(name, *a, **k))
+    fetched = []
+    monkeypatch.setattr("kftune.io.download.Downloader.fetch", lambda *a, **k: fetched.append(a))
+    assert main(["--name", "NSMC", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "kiwipiepy" in err and "pip install 'kftune[korean]'" in err and "NSMC's default tokenizer" in err
+    assert fetched == [] and not (tmp_path / "o").exists()
+    # another tokenizer needs no kiwipiepy
+    assert CorpusConfig(out=str(tmp_path / "o"), name="NSMC", tokenizer="regex").problems() == []

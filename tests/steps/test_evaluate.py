@@ -149,7 +149,7 @@ def test_classification_end_to_end(classification_setup, tmp_path):
     result = run(EvaluateConfig(model=str(model), corpus=str(corpus), out=str(out), batch_size=7), sinks=sink)
 
     files = {p.name for p in out.iterdir()}
-    assert files == {"result.json", "report.md", "confusion_matrix.png", "predictions.jsonl"}
+    assert files == {"result.json", "report.md", "confusion_matrix.png", "predictions.jsonl", "baseline.json"}
     predictions = _read_jsonl(out / "predictions.jsonl")
     assert len(predictions) == 42
     assert predictions[-1] == {"tokens": [], "gold": "pos", "predicted": "<unk>", "score": 0.0, "correct": False}
@@ -168,7 +168,8 @@ def test_classification_end_to_end(classification_setup, tmp_path):
     assert EvaluationResult.from_dict(saved) == result.evaluation
     assert saved["split"] == "test" and saved["model_metadata"]["epochs"] == 1
     assert saved["metrics"] == result.metrics
-    assert set(result.metrics) == {"test_score", "test_accuracy", "test_f1_micro", "test_f1_macro"}
+    assert set(result.metrics) == {"test_score", "test_accuracy", "test_f1_micro", "test_f1_macro",
+                                   "baseline_test_score", "delta_vs_baseline"}
     assert result.metrics["test_score"] == result.evaluation.accuracy
     assert sink.logged == [result.metrics] and sink.flushed == 1
 
@@ -183,7 +184,7 @@ def test_tagging_end_to_end_spans(tagging_setup, tmp_path):
     out = tmp_path / "eval"
     result = run(EvaluateConfig(model=str(model), corpus=str(corpus), out=str(out)), sinks=RecordingSink())
 
-    assert {p.name for p in out.iterdir()} == {"result.json", "report.md", "predictions.jsonl"}
+    assert {p.name for p in out.iterdir()} == {"result.json", "report.md", "predictions.jsonl", "baseline.json"}
     predictions = _read_jsonl(out / "predictions.jsonl")
     assert len(predictions) == 26
     for p in predictions:
@@ -210,7 +211,8 @@ def test_cli_writes_outputs_and_prints_scores(classification_setup, tmp_path, ca
     assert printed.startswith("accuracy=") and str(out) in printed
     saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert saved["split"] == "dev" and set(saved["metrics"]) == {"dev_score", "dev_accuracy", "dev_f1_micro",
-                                                                  "dev_f1_macro"}
+                                                                  "dev_f1_macro", "baseline_dev_score",
+                                                                  "delta_vs_baseline"}
     assert saved["n_examples"] == 20
 
 
@@ -245,8 +247,75 @@ def test_corpus_model_and_outputs_in_s3(classification_setup, s3_env):
     root.put_file("models/model.pt", model)
     result = run(EvaluateConfig(model=f"{s3_env}/models/model.pt", corpus=f"{s3_env}/corpus", out=f"{s3_env}/eval"),
                  sinks=RecordingSink())
-    assert root.list("eval") == ["eval/confusion_matrix.png", "eval/predictions.jsonl", "eval/report.md",
-                                 "eval/result.json"]
+    assert root.list("eval") == ["eval/baseline.json", "eval/confusion_matrix.png", "eval/predictions.jsonl",
+                                 "eval/report.md", "eval/result.json"]
     saved = get_json(root, "eval/result.json")
     assert EvaluationResult.from_dict(saved) == result.evaluation and saved["n_examples"] == 42
     assert result.artifacts["result"].startswith("s3://")
+
+
+# -- the baseline beside the model ---------------------------------------------------------------------
+
+def test_classification_baseline_is_trained_on_train_and_scored_on_the_same_test_split(classification_setup,
+                                                                                        tmp_path):
+    from kftune.nlp.baseline import run_baseline
+    from kftune.nlp.data import read_split
+
+    corpus, model = classification_setup
+    sink = RecordingSink()
+    out = tmp_path / "eval"
+    result = run(EvaluateConfig(model=str(model), corpus=str(corpus), out=str(out)), sinks=sink)
+
+    splits = {name: read_split(corpus / f"{name}.jsonl", "text_classification") for name in ("train", "dev", "test")}
+    expected = run_baseline("text_classification", splits["train"], splits["dev"], splits["test"])
+    assert result.baseline == expected  # deterministic: the same numbers again, seconds aside
+    saved = json.loads((out / "baseline.json").read_text(encoding="utf-8"))
+    assert saved["name"] == "tf-idf + logistic regression" and saved["metric"] == "accuracy"
+    assert saved["test_score"] == expected.test_score and saved["params"]["C"] == expected.params["C"]
+    assert saved["n_train"] == 96 and saved["n_test"] == 42 and saved["split"] == "test"
+    assert saved["model_score"] == result.evaluation.main_score
+    assert saved["delta_vs_baseline"] == pytest.approx(result.evaluation.main_score - expected.test_score)
+    assert saved["beats_baseline"] is (saved["delta_vs_baseline"] > 0)
+
+    assert result.metrics["baseline_test_score"] == expected.test_score
+    assert result.metrics["delta_vs_baseline"] == pytest.approx(result.evaluation.main_score - expected.test_score)
+    assert result.delta_vs_baseline == pytest.approx(result.metrics["delta_vs_baseline"])
+    assert sink.logged == [result.metrics]  # the sinks (Prometheus, Katib, JSONL) get the baseline too
+
+    record = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert record["baseline"] == saved and record["metrics"]["baseline_test_score"] == expected.test_score
+    report = (out / "report.md").read_text(encoding="utf-8")
+    section = report[report.index("## Baseline"):report.index("## Averages")]  # right after the summary
+    assert f"{result.evaluation.main_score:.4f}" in section and f"{expected.test_score:.4f}" in section
+    assert f"{(result.evaluation.main_score - expected.test_score) * 100:+.1f} points" in section
+    assert expected.method in section
+
+
+def test_tagging_baseline_uses_the_models_metric(tagging_setup, tmp_path):
+    corpus, model = tagging_setup
+    result = run(EvaluateConfig(model=str(model), corpus=str(corpus), out=str(tmp_path / "eval")),
+                 sinks=RecordingSink())
+    b = result.baseline
+    assert b.name == "most-frequent tag per word" and b.metric == "span_f1_micro" == result.evaluation.main_score_name
+    # the synthetic names and cities are all seen in train: the per-word baseline finds most spans
+    assert b.test_score > 0.5
+    assert result.metrics["baseline_test_score"] == b.test_score
+
+
+def test_no_baseline_writes_none(classification_setup, tmp_path, capsys):
+    corpus, model = classification_setup
+    out = tmp_path / "plain"
+    result = run(EvaluateConfig(model=str(model), corpus=str(corpus), out=str(out), baseline=False),
+                 sinks=RecordingSink())
+    assert result.baseline is None and result.delta_vs_baseline is None
+    assert not (out / "baseline.json").exists()
+    assert set(result.metrics) == {"test_score", "test_accuracy", "test_f1_micro", "test_f1_macro"}
+    assert "baseline" not in json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert "## Baseline" not in (out / "report.md").read_text(encoding="utf-8")
+
+    cli = tmp_path / "cli"
+    assert main(["--model", str(model), "--corpus", str(corpus), "--out", str(cli), "--no-baseline"]) == 0
+    assert "baseline=" not in capsys.readouterr().out
+    assert not (cli / "baseline.json").exists()
+    assert main(["--model", str(model), "--corpus", str(corpus), "--out", str(tmp_path / "with")]) == 0
+    assert "baseline=" in capsys.readouterr().out and (tmp_path / "with" / "baseline.json").is_file()

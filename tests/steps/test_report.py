@@ -142,3 +142,55 @@ def test_the_command_line(run_outputs: dict[str, Path], capsys: pytest.CaptureFi
     assert f"report: {run_outputs['out'] / 'report.md'}" in capsys.readouterr().out
     assert report.main(["--out", str(run_outputs["out"])]) == 2  # nothing to report
     assert report.main(["--out", str(run_outputs["out"]), "--corpus", str(run_outputs["train"])]) == 1
+
+
+def _baseline(score: float) -> dict:
+    return {"name": "tf-idf + logistic regression", "method": "tf-idf + logistic regression (word 1-2 + char 2-4 "
+            "grams, C=2)", "task_type": "text_classification", "metric": "accuracy", "dev_score": 0.7,
+            "test_score": score, "params": {"C": 2.0}, "seconds": 1.2, "n_train": 90, "n_dev": 10, "n_test": 20}
+
+
+@pytest.mark.parametrize("baseline_score, points, verdict", [
+    (0.75, "+5.0 points", "tuning beat the baseline"), (0.85, "-5.0 points", "the baseline is better")])
+def test_the_report_shows_the_model_the_baseline_and_the_difference(run_outputs: dict[str, Path], baseline_score: float,
+                                                                    points: str, verdict: str) -> None:
+    result_json = json.loads((run_outputs["evaluation"] / "result.json").read_text(encoding="utf-8"))
+    result_json["baseline"] = _baseline(baseline_score)
+    _write(run_outputs["evaluation"], "result.json", result_json)
+    report.run(ReportConfig(**{k: str(v) for k, v in run_outputs.items()}))
+    out = run_outputs["out"]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    # in the summary, right after the test score
+    test_row = "| **test score** | **0.8** (accuracy) |\n"
+    assert (test_row + f"| test score of the baseline | {baseline_score:g} (tf-idf + logistic regression (word 1-2 + "
+            f"char 2-4 grams, C=2)) |\n| tuned model minus baseline | **{points}**: {points}") in md
+    assert verdict in md
+    # and as a table in the evaluation section (the evaluation's report.md here has none of its own)
+    section = md[md.index("## Evaluation"):]
+    assert "### Baseline" in section
+    assert f"| score | **0.8000** | {baseline_score:.4f} | **{points}** |" in section
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h3>Baseline</h3>" in page and f"<strong>{points}</strong>" in page and f"{baseline_score:.4f}" in page
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    b = summary["test"]["baseline"]
+    assert b["score"] == baseline_score and b["delta"] == pytest.approx(0.8 - baseline_score) and b["C"] == 2.0
+    assert b["beats_baseline"] is (baseline_score < 0.8) and b["name"] == "tf-idf + logistic regression"
+
+
+def test_without_a_baseline_the_report_has_none(run_outputs: dict[str, Path]) -> None:
+    result = report.run(ReportConfig(**{k: str(v) for k, v in run_outputs.items()}))
+    assert "baseline" not in result.summary["test"] and "Baseline" not in result.markdown
+
+
+def test_the_evaluations_own_baseline_section_is_shown_once(run_outputs: dict[str, Path]) -> None:
+    from kftune.nlp.baseline import comparison_markdown
+
+    evaluation = run_outputs["evaluation"]
+    result_json = json.loads((evaluation / "result.json").read_text(encoding="utf-8"))
+    result_json["baseline"] = _baseline(0.75)
+    _write(evaluation, "result.json", result_json)
+    own = (evaluation / "report.md").read_text(encoding="utf-8") + "\n" + "\n".join(
+        comparison_markdown(0.8, result_json["baseline"], "test")) + "\n"
+    _write(evaluation, "report.md", own)
+    md = report.run(ReportConfig(**{k: str(v) for k, v in run_outputs.items()})).markdown
+    assert md.count("### Baseline") == 1 and md.count("| score | **0.8000** | 0.7500 | **+5.0 points** |") == 1

@@ -88,6 +88,9 @@ class CorpusEntry:
     # For corpora whose label column can be chosen (UD: upos/xpos/deprel...), the choices.
     label_columns: tuple[str, ...] = ()
     default_label_column: str | None = None
+    # The tokenizer (a name from ``kftune.core.tokenization.TOKENIZERS``) the corpus gets when the spec names
+    # none; ``None``: the format's default (regex for raw text, whitespace for pre-tokenized formats).
+    tokenizer: str | None = None
 
     def file(self, mirror_path: str) -> CorpusFile:
         for f in self.files:
@@ -256,6 +259,7 @@ _ENTRIES: tuple[CorpusEntry, ...] = (
         homepage="https://github.com/e9t/nsmc",
         citation="Lucy Park. 2016. Naver Sentiment Movie Corpus. https://github.com/e9t/nsmc",
         description="Naver Sentiment Movie Corpus: Korean movie reviews, binary sentiment, 150,000 train / 50,000 test.",
+        tokenizer="morpheme",
     ),
     CorpusEntry(
         name="SST_2",

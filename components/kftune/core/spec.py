@@ -40,6 +40,7 @@ from kftune.core.corpus_registry import (
 )
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.lr_range import RangeTestConfig
+from kftune.core.tokenization import TokenizerChoice, check_tokenizer, parse_tokenizer
 
 ParameterType = Literal["double", "int", "discrete", "categorical"]
 Distribution = Literal["uniform", "logUniform", "normal", "logNormal"]
@@ -217,6 +218,8 @@ class CorpusSpec:
     index); conll the tag column index (negative counts from the end); conllu the field (upos, xpos,
     ...; also for the registered UD corpus); trec ``coarse`` (6 classes) or ``fine`` (50).
     ``text_column``: csv/tsv, one column or a tuple of columns joined with a space.
+    ``tokenizer``: how text becomes tokens (:mod:`kftune.core.tokenization`); ``None`` takes the registered
+    corpus' default, else the format's (regex for raw text, whitespace for pre-tokenized formats).
     :meth:`reader_options` gives the keyword arguments of the format's reader in :mod:`kftune.nlp.corpora`.
     """
 
@@ -237,6 +240,7 @@ class CorpusSpec:
     label_map: Mapping[str, str] | None = None
     label_prefix: str | None = None
     encoding: str | None = None
+    tokenizer: TokenizerChoice | None = None
     downsample: float = 1.0
     dev_fraction: float = 0.1
     seed: int = 1
@@ -344,6 +348,14 @@ class TrainSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvaluationSpec:
+    """How the final model is evaluated. ``baseline``: train the baseline (TF-IDF + logistic regression,
+    or the most frequent tag per word) on the train split and score it beside the model."""
+
+    baseline: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Toleration:
     """A Kubernetes toleration for trial and final-training pods."""
 
@@ -379,6 +391,7 @@ class JobSpec:
     lr_range_test: LrRangeTestSpec = field(default_factory=LrRangeTestSpec)
     search: SearchSpec
     train: TrainSpec = field(default_factory=TrainSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
 
@@ -1096,6 +1109,7 @@ _CORPUS_FIELDS = (
     _F("labelMap", "label_map", _label_map),
     _F("labelPrefix", "label_prefix", _str()),
     _F("encoding", "encoding", _encoding),
+    _F("tokenizer", "tokenizer", lambda v, p, c: _tokenizer(v, p, c), dump=lambda t: t.to_spec()),
     _F("downsample", "downsample", _float(0, 1, lo_open=True)),
     _F("devFraction", "dev_fraction", _float(0, 1, lo_open=True, hi_open=True)),
     _F("seed", "seed", _int(lo=0)),
@@ -1109,6 +1123,13 @@ FORMAT_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 #: Fields that only a corpus given by uri takes (a registered corpus takes labelColumn where it has a choice).
 _URI_ONLY = ("format", "train", "dev", "test", "sha256", "encoding", *(k for k in FORMAT_OPTIONS if k != "labelColumn"))
+
+
+def _tokenizer(value: Any, path: str, ctx: _Ctx) -> Any:
+    """A tokenizer name or ``{type: NAME, option: value}`` (checked against the format in :func:`_corpus`)."""
+    choice, problems = parse_tokenizer(_thaw(value), path)
+    ctx.problems.extend(problems)
+    return _INVALID if problems else choice
 
 
 def _registered(name: str) -> CorpusEntry | None:
@@ -1185,6 +1206,15 @@ def _corpus(value: Any, path: str, ctx: _Ctx) -> Any:
         elif fmt == "trec":
             if label is not None and label not in TREC_LABELS:
                 ctx.add(lpath, f"{_show(label)} is not one of: coarse (6 classes), fine (50 classes)")
+    if raw.get("tokenizer") is None or "tokenizer" in values:
+        # the tokenizer against the format (conll/conllu: whitespace only) and the installed packages; with
+        # none written, the registered corpus' default (NSMC: morpheme) must be usable too
+        entry = _registered(values["name"]) if has_name and "name" in values else None
+        fmt = fmt if fmt is not None else entry.format if entry is not None else None
+        _, problems = check_tokenizer(values.get("tokenizer"), _join(path, "tokenizer"), fmt=fmt,
+                                      registry_default=entry.tokenizer if entry is not None else None,
+                                      corpus=entry.name if entry is not None else None)
+        ctx.problems.extend(problems)
     return _build(CorpusSpec, values, ())
 
 
@@ -1263,6 +1293,8 @@ _TRAIN_FIELDS = (
     _F("keepBest", "keep_best", _bool),
 )
 
+_EVALUATION_FIELDS = (_F("baseline", "baseline", _bool),)
+
 
 def _quantity(value: Any, path: str, ctx: _Ctx) -> Any:
     text = str(value) if _is_int(value) or isinstance(value, float) else value
@@ -1330,6 +1362,9 @@ def _spec_fields() -> tuple[_F, ...]:
            dump=lambda o: _dump_section(o, _SEARCH_FIELDS)),
         _F("train", "train", lambda v, p, c: _build(TrainSpec, _section(v, p, _TRAIN_FIELDS, c), ()),
            dump=lambda o: _dump_section(o, _TRAIN_FIELDS)),
+        _F("evaluation", "evaluation",
+           lambda v, p, c: _build(EvaluationSpec, _section(v, p, _EVALUATION_FIELDS, c), ()),
+           dump=lambda o: _dump_section(o, _EVALUATION_FIELDS)),
         _F("resources", "resources",
            lambda v, p, c: _build(ResourcesSpec, _section(v, p, _RESOURCES_FIELDS, c), ()),
            dump=lambda o: _dump_section(o, _RESOURCES_FIELDS)),

@@ -30,7 +30,7 @@ TASK_TYPES: tuple[str, ...] = ("text_classification", "sequence_labeling")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "onecycle", "linear_warmup", "cyclic", "none")
 CHAR_EMBEDDINGS = ("none", "lstm", "cnn")
-DOCUMENT_ENCODERS = ("mean", "max", "lstm", "gru", "cnn")
+DOCUMENT_ENCODERS = ("mean", "max", "lstm", "gru", "cnn", "ngram")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 STORAGE_MODES = ("none", "cpu", "gpu")
@@ -67,12 +67,15 @@ class Hyperparameters:
     char_embedding_dim: int = 25
     char_hidden_size: int = 25               # char-LSTM hidden size per direction / char-CNN filters
     transformer: str | None = None           # local path/URI of Hugging Face weights (optional feature)
+    casing_embedding_dim: int = 0            # word-shape feature: an embedding of each token's casing class
+                                             # (lower, Initial, ALLCAPS, mixed, digits, punctuation, @user, #tag, URL); 0 = none
+    lowercase_words: bool = False            # the trainable word vocabulary is lower-cased (pair with casing_embedding_dim)
     # --- regularisation -------------------------------------------------------------------------
     dropout: float = 0.5
     word_dropout: float = 0.05               # training: a word id becomes <unk> (chars stay)
     locked_dropout: float = 0.0
     # --- encoder / head ---------------------------------------------------------------------
-    document_encoder: str = "cnn"            # classification: mean | max | lstm | gru | cnn
+    document_encoder: str = "cnn"            # classification: mean | max | lstm | gru | cnn | ngram
     hidden_size: int = 128                   # RNN hidden size per direction
     rnn_layers: int = 1
     bidirectional: bool = True
@@ -82,6 +85,14 @@ class Hyperparameters:
     use_crf: bool = True                     # tagging: CRF output layer with Viterbi decoding
     reproject_embeddings: bool = True        # tagging: a linear map of the stacked embeddings
     max_length: int = 256                    # longer inputs are truncated (with a warning)
+    # --- hashed n-gram bag (fastText-style; document_encoder: ngram, or ngram_features beside another) ---
+    ngram_features: bool = False             # classification: add the n-gram bag to a cnn/lstm/gru/mean/max encoder
+    ngram_dim: int = 64                      # size of the bag's vectors
+    ngram_buckets: int = 1 << 20             # hash buckets (rows of the EmbeddingBag)
+    word_ngrams: int = 2                     # token n-grams of order 1..word_ngrams (0: none)
+    char_ngram_min: int = 2                  # character n-grams of each word (wrapped in < >), lengths min..max
+    char_ngram_max: int = 4                  # 0: no character n-grams
+    ngram_dropout: float = 0.0               # training: drop each n-gram feature from the bag with this probability
 
     # --------------------------------------------------------------------------------------------
     @classmethod
@@ -108,6 +119,16 @@ class Hyperparameters:
     def with_overrides(self, mapping: Mapping[str, Any], path: str = "hyperparameters") -> "Hyperparameters":
         """A copy with ``mapping`` applied (strings coerced, the result validated)."""
         return Hyperparameters.from_mapping(mapping, path=path, base=self)
+
+    @property
+    def uses_ngrams(self) -> bool:
+        """Whether the model has the hashed n-gram bag (its encoder, or beside another encoder)."""
+        return self.document_encoder == "ngram" or self.ngram_features
+
+    @property
+    def uses_token_embeddings(self) -> bool:
+        """Whether the model embeds tokens (every encoder but the n-gram bag alone does)."""
+        return self.document_encoder != "ngram"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (kernel sizes as a list)."""
@@ -137,8 +158,15 @@ class Hyperparameters:
                 and self.cyclic_base_lr >= self.cyclic_max_lr):
             out.append(Problem(f"{path}.cyclic_base_lr",
                                f"{self.cyclic_base_lr:g} is not below cyclic_max_lr {self.cyclic_max_lr:g}"))
+        if self.uses_ngrams and self.word_ngrams == 0 and self.char_ngram_max == 0:
+            out.append(Problem(f"{path}.word_ngrams",
+                               "0 with char_ngram_max 0 leaves the n-gram bag without features; "
+                               "set word_ngrams >= 1 or char_ngram_max >= 1"))
+        if self.char_ngram_max and self.char_ngram_min > self.char_ngram_max:
+            out.append(Problem(f"{path}.char_ngram_min",
+                               f"{self.char_ngram_min} is larger than char_ngram_max {self.char_ngram_max}"))
         if (self.embedding_dim == 0 and self.pretrained_embeddings is None and self.char_embeddings == "none"
-                and self.transformer is None):
+                and self.transformer is None and self.document_encoder != "ngram"):
             out.append(Problem(f"{path}.embedding_dim",
                                "0 with no pretrained_embeddings, char_embeddings or transformer leaves the "
                                "model without any input representation; set embedding_dim > 0"))
@@ -370,6 +398,8 @@ _SPECS: dict[str, _Spec] = {
     "char_embedding_dim": _Spec(_to_int, _range(1)),
     "char_hidden_size": _Spec(_to_int, _range(1)),
     "transformer": _Spec(_optional(_to_str)),
+    "casing_embedding_dim": _Spec(_to_int, _range(0, 256)),
+    "lowercase_words": _Spec(_to_bool),
     "dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
     "word_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
     "locked_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
@@ -383,6 +413,13 @@ _SPECS: dict[str, _Spec] = {
     "use_crf": _Spec(_to_bool),
     "reproject_embeddings": _Spec(_to_bool),
     "max_length": _Spec(_to_int, _range(1)),
+    "ngram_features": _Spec(_to_bool),
+    "ngram_dim": _Spec(_to_int, _range(1, 1024)),
+    "ngram_buckets": _Spec(_to_int, _range(1, 1 << 24)),
+    "word_ngrams": _Spec(_to_int, _range(0, 5)),
+    "char_ngram_min": _Spec(_to_int, _range(1, 10)),
+    "char_ngram_max": _Spec(_to_int, _range(0, 10)),
+    "ngram_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
 }
 
 _TRAINER_SPECS: dict[str, _Spec] = {

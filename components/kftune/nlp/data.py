@@ -14,6 +14,7 @@ Bad input is handled, never a crash:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -26,6 +27,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
+from kftune.nlp.ngrams import NgramSpec
+from kftune.nlp.tokenizers import Tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,48 @@ MAX_WORD_CHARS = 50  # characters per token seen by the char encoders (longer to
 SPLITS = ("train", "dev", "test")
 
 
+#: The word-shape classes of :func:`casing_class` (id 0 is padding, so class ``i`` has id ``i + 1``).
+CASING_CLASSES = ("lower", "initial_upper", "all_upper", "mixed", "numeric", "has_digit", "punctuation",
+                  "mention", "hashtag", "url", "other")
+
+
+def casing_class(token: str) -> int:
+    """The id (1-based, 0 is padding) of ``token``'s shape class in :data:`CASING_CLASSES`: a word's
+    capitalisation (all lower, Initial cap, ALL CAPS, mIxed), numbers, words with a digit, punctuation,
+    Twitter-style @mentions, #hashtags and URLs, else ``other`` (e.g. words of a script without case).
+    The strongest signal of named entities when words are rare (Lample et al. 2016, Flair)."""
+    if len(token) > 1 and token[0] == "@":
+        name = "mention"
+    elif len(token) > 1 and token[0] == "#":
+        name = "hashtag"
+    elif token.lower().startswith(("http://", "https://", "www.")):
+        name = "url"
+    elif any(c.isalpha() for c in token):
+        letters = [c for c in token if c.isalpha()]
+        if any(c.isdigit() for c in token):
+            name = "has_digit"
+        elif all(c.islower() for c in letters):
+            name = "lower"
+        elif all(c.isupper() for c in letters):
+            name = "initial_upper" if len(letters) == 1 else "all_upper"
+        elif letters[0].isupper() and all(c.islower() for c in letters[1:]):
+            name = "initial_upper"
+        elif not any(c.isupper() or c.islower() for c in letters):
+            name = "other"
+        else:
+            name = "mixed"
+    elif any(c.isdigit() for c in token):
+        name = "numeric"
+    elif token and all(not c.isalnum() for c in token):
+        name = "punctuation"
+    else:
+        name = "other"
+    return CASING_CLASSES.index(name) + 1
+
+
 def tokenize(text: str) -> list[str]:
-    """The tokenizer raw sentences go through: whitespace split (as the corpus step's)."""
+    """Whitespace split: the tokens of a JSONL line that has ``text`` but no ``tokens``, and of raw text
+    for an encoder without a tokenizer (models and corpora from before tokenizers were recorded)."""
     return text.split()
 
 
@@ -47,21 +90,29 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Example:
-    """One sentence: its tokens and, for training data, its gold label (classification) or tags."""
+    """One sentence: its tokens and, for training data, its gold label (classification) or tags.
+    ``text`` is the raw sentence where there is one (the JSONL ``text``; the string given to ``predict``);
+    it is not compared (two examples are equal when their tokens and gold annotations are)."""
 
     tokens: tuple[str, ...]
     label: str | None = None
     tags: tuple[str, ...] | None = None
+    text: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What the model predicts: the task type, the label type and the tag scheme (from corpus.json)."""
+    """What the model predicts: the task type, the label type and the tag scheme (from corpus.json).
+
+    ``tokenizer`` is the corpus' tokenizer as corpus.json records it (``None`` for corpora from before
+    tokenizers were recorded: whitespace); :func:`kftune.nlp.embeddings.encode_corpus` gives it to the
+    encoder, which saves it with the model. It is not part of :meth:`to_dict` (the encoder's is)."""
 
     type: str                         # text_classification | sequence_labeling
     label_type: str | None = None     # e.g. question_class, ner, upos
     tag_scheme: str | None = None     # BIO | BIOES | None (POS-like tags: token accuracy)
     corpus_name: str | None = None
+    tokenizer: Any = field(default=None, compare=False, repr=False)  # corpus.json's "tokenizer" dict
 
     @property
     def is_classification(self) -> bool:
@@ -95,7 +146,7 @@ def read_corpus_info(path: str | Path) -> dict[str, Any]:
 
 def task_from_corpus_info(info: dict[str, Any]) -> TaskInfo:
     return TaskInfo(type=info["task"], label_type=info.get("label_type"), tag_scheme=info.get("tag_scheme"),
-                    corpus_name=info.get("name"))
+                    corpus_name=info.get("name"), tokenizer=info.get("tokenizer"))
 
 
 def parse_split(lines: Iterable[str], task_type: str, where: str) -> list[Example]:
@@ -160,17 +211,19 @@ def example_from_json(obj: Any, task_type: str, where: str = "") -> Example:
         tokens = tokenize(str(obj["text"]))
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise DataError(f"{where}: 'tokens' must be a list of strings")
+    text = obj.get("text")
+    text = text if isinstance(text, str) else None
     if task_type == "text_classification":
         label = obj.get("label")
         if not isinstance(label, str) or not label:
             raise DataError(f"{where}: 'label' must be a non-empty string")
-        return Example(tuple(tokens), label=label)
+        return Example(tuple(tokens), label=label, text=text)
     tags = obj.get("tags")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise DataError(f"{where}: 'tags' must be a list of strings")
     if len(tags) != len(tokens):
         raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-    return Example(tuple(tokens), tags=tuple(tags))
+    return Example(tuple(tokens), tags=tuple(tags), text=text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,6 +329,8 @@ class EncodedDataset:
     labels: list[torch.Tensor] | None        # classification: [] long; tagging: [T_i] long
     usable: list[int]
     is_classification: bool
+    ngrams: list[torch.Tensor] | None = None  # hashed n-gram feature ids per example (fastText-style bag)
+    casing: list[torch.Tensor] | None = None  # [T_i] long: casing_class() ids (the word-shape feature)
     truncated: int = 0
     unseen_labels: Counter[str] = field(default_factory=Counter)
 
@@ -294,26 +349,46 @@ class EncodedDataset:
 
 
 class TextEncoder:
-    """Everything that turns tokens into model inputs: the vocabularies, the labels, ``max_length``.
+    """Everything that turns text into model inputs: the tokenizer, the vocabularies, the labels, ``max_length``.
 
-    Saved inside the model file, so prediction encodes text exactly as training did.
+    Saved inside the model file, so prediction tokenizes and encodes text exactly as training did.
+    ``tokenizer`` is the corpus' (:mod:`kftune.nlp.tokenizers`); ``None`` means whitespace split.
+    ``casing``: also encode each token's :func:`casing_class` (the word-shape feature); ``lowercase``:
+    the word vocabulary holds lower-cased words (the casing feature then carries the case).
     """
 
     def __init__(self, task: TaskInfo, words: Vocabulary, labels: LabelDictionary, max_length: int,
-                 chars: Vocabulary | None = None, pretrained: PretrainedVocabulary | None = None):
+                 chars: Vocabulary | None = None, pretrained: PretrainedVocabulary | None = None,
+                 tokenizer: Tokenizer | None = None, ngrams: NgramSpec | None = None,
+                 casing: bool = False, lowercase: bool = False):
         self.task, self.words, self.labels, self.max_length = task, words, labels, max_length
         self.chars, self.pretrained = chars, pretrained
+        self.tokenizer = tokenizer
+        self.ngrams = ngrams
+        self.casing, self.lowercase = casing, lowercase
+
+    def tokenize(self, text: str) -> list[str]:
+        """Raw text to tokens, as the training corpus was tokenized."""
+        return self.tokenizer.tokenize(text) if self.tokenizer is not None else tokenize(text)
+
+    def tokenize_many(self, texts: Iterable[str]) -> Iterator[list[str]]:
+        """:meth:`tokenize` of each text, in order (batched where the tokenizer can)."""
+        if self.tokenizer is not None:
+            return self.tokenizer.tokenize_many(texts)
+        return (tokenize(t) for t in texts)
 
     @classmethod
     def build(cls, task: TaskInfo, train: Sequence[Example], *, min_word_freq: int, max_length: int,
-              use_chars: bool) -> "TextEncoder":
+              use_chars: bool, tokenizer: Tokenizer | None = None,
+              ngrams: NgramSpec | None = None, use_casing: bool = False,
+              lowercase: bool = False) -> "TextEncoder":
         """Vocabularies from the training examples. The label dictionary holds only labels seen in
         training (they are the only ones a model can learn); any other maps to ``<unk>``."""
         counts: Counter[str] = Counter()
         char_counts: Counter[str] = Counter()
         label_set: set[str] = set()
         for ex in train:
-            counts.update(ex.tokens)
+            counts.update([t.lower() for t in ex.tokens] if lowercase else ex.tokens)
             if use_chars:
                 for tok in ex.tokens:
                     char_counts.update(tok[:MAX_WORD_CHARS])
@@ -324,18 +399,26 @@ class TextEncoder:
         if not label_set:
             raise DataError("the training split has no labels")
         return cls(task, Vocabulary.build(counts, min_word_freq), LabelDictionary.build(label_set),
-                   max_length, chars=Vocabulary.build(char_counts) if use_chars else None)
+                   max_length, chars=Vocabulary.build(char_counts) if use_chars else None, tokenizer=tokenizer,
+                   ngrams=ngrams, casing=use_casing, lowercase=lowercase)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task.to_dict(), "words": self.words.itos, "labels": self.labels.itos,
                 "max_length": self.max_length, "chars": self.chars.itos if self.chars else None,
-                "pretrained": self.pretrained.itos if self.pretrained else None}
+                "pretrained": self.pretrained.itos if self.pretrained else None,
+                "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
+                "ngrams": dataclasses.asdict(self.ngrams) if self.ngrams is not None else None,
+                "casing": self.casing, "lowercase": self.lowercase}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TextEncoder":
+        """The encoder of :meth:`to_dict`; one saved without a tokenizer (older files) splits on whitespace."""
         return cls(TaskInfo.from_dict(data["task"]), Vocabulary(data["words"]), LabelDictionary(data["labels"]),
                    int(data["max_length"]), chars=Vocabulary(data["chars"]) if data.get("chars") else None,
-                   pretrained=PretrainedVocabulary(data["pretrained"]) if data.get("pretrained") else None)
+                   pretrained=PretrainedVocabulary(data["pretrained"]) if data.get("pretrained") else None,
+                   tokenizer=tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None,
+                   ngrams=NgramSpec(**data["ngrams"]) if data.get("ngrams") else None,
+                   casing=bool(data.get("casing", False)), lowercase=bool(data.get("lowercase", False)))
 
     def _char_ids(self, chars: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
         rows = [chars.encode(tok[:MAX_WORD_CHARS]) or [UNK_ID] for tok in tokens]
@@ -349,7 +432,7 @@ class TextEncoder:
                with_labels: bool = True) -> EncodedDataset:
         """Encode a split. Training: empty sentences are left out of ``usable`` (one warning).
         Evaluation: they stay in ``examples`` (for aligned outputs) but not in ``usable``."""
-        tokens_out, words, chars, pre, labels, usable = [], [], [], [], [], []
+        tokens_out, words, chars, pre, labels, usable, grams, casing = [], [], [], [], [], [], [], []
         unseen: Counter[str] = Counter()
         truncated = empty = 0
         for i, ex in enumerate(examples):
@@ -362,11 +445,17 @@ class TextEncoder:
             else:
                 empty += 1
             tokens_out.append(toks)
-            words.append(torch.tensor(self.words.encode(toks), dtype=torch.long))
+            words.append(torch.tensor(self.words.encode([t.lower() for t in toks] if self.lowercase else toks),
+                                      dtype=torch.long))
+            if self.casing:
+                casing.append(torch.tensor([casing_class(t) for t in toks], dtype=torch.long))
             if self.chars is not None:
                 chars.append(self._char_ids(self.chars, toks))
             if self.pretrained is not None:
                 pre.append(torch.tensor(self.pretrained.encode(toks), dtype=torch.long))
+            if self.ngrams is not None:
+                grams.append(torch.tensor(self.ngrams.ids(toks, ex.text if len(toks) == len(ex.tokens) else None),
+                                          dtype=torch.long))
             if with_labels:
                 if self.task.is_classification:
                     labels.append(torch.tensor(self.labels.encode([ex.label or ""], unseen)[0], dtype=torch.long))
@@ -389,6 +478,8 @@ class TextEncoder:
                               chars=chars if self.chars is not None else None,
                               pretrained=pre if self.pretrained is not None else None,
                               labels=labels if with_labels else None, usable=usable,
+                              ngrams=grams if self.ngrams is not None else None,
+                              casing=casing if self.casing else None,
                               is_classification=self.task.is_classification, truncated=truncated,
                               unseen_labels=unseen)
 
@@ -416,6 +507,9 @@ class Batch:
     tokens: list[tuple[str, ...]]
     count: int
     cache_key: str | None = None
+    ngrams: torch.Tensor | None = None          # flat hashed n-gram ids of the batch (EmbeddingBag input)
+    ngram_offsets: torch.Tensor | None = None   # [B] start of each example's ids in ``ngrams``
+    casing: torch.Tensor | None = None          # [B, T] casing_class() ids (0 at padding)
 
     @property
     def size(self) -> int:
@@ -434,7 +528,8 @@ class Batch:
             return None if t is None else fn(t)
         return Batch(words=f(self.words), lengths=self.lengths, mask=f(self.mask), chars=f(self.chars),
                      pretrained=f(self.pretrained), labels=f(self.labels), indices=self.indices,
-                     tokens=self.tokens, count=self.count, cache_key=self.cache_key)
+                     tokens=self.tokens, count=self.count, cache_key=self.cache_key,
+                     ngrams=f(self.ngrams), ngram_offsets=f(self.ngram_offsets), casing=f(self.casing))
 
     def chunks(self, chunk_size: int | None) -> list["Batch"]:
         """Split along the batch dimension (gradient accumulation); each chunk trimmed to its longest."""
@@ -449,12 +544,19 @@ class Batch:
             if labels is not None:
                 labels = labels[sl] if labels.dim() == 1 else labels[sl, :width]
             count = len(lengths) if self.labels is None or self.labels.dim() == 1 else int(lengths.sum())
+            grams = offsets = None
+            if self.ngrams is not None and self.ngram_offsets is not None:
+                ends = torch.cat([self.ngram_offsets[1:], torch.tensor([self.ngrams.numel()],
+                                                                        device=self.ngram_offsets.device)])
+                lo, hi = int(self.ngram_offsets[start]), int(ends[sl][-1])
+                grams, offsets = self.ngrams[lo:hi], self.ngram_offsets[sl] - lo
             out.append(Batch(
                 words=self.words[sl, :width], lengths=lengths, mask=self.mask[sl, :width],
                 chars=None if self.chars is None else self.chars[sl, :width],
                 pretrained=None if self.pretrained is None else self.pretrained[sl, :width],
                 labels=labels, indices=self.indices[sl], tokens=self.tokens[sl], count=count,
-                cache_key=self.cache_key))
+                cache_key=self.cache_key, ngrams=grams, ngram_offsets=offsets,
+                casing=None if self.casing is None else self.casing[sl, :width]))
         return out
 
 
@@ -480,9 +582,17 @@ def collate(dataset: EncodedDataset, indices: Sequence[int], cache: bool = False
         else:
             labels = pad_sequence([dataset.labels[i] for i in indices], batch_first=True, padding_value=0)
     count = len(indices) if dataset.is_classification else int(lengths.sum())
+    casing = None
+    if dataset.casing is not None:
+        casing = pad_sequence([dataset.casing[i] for i in indices], batch_first=True, padding_value=PAD_ID)
+    grams = offsets = None
+    if dataset.ngrams is not None:
+        rows = [dataset.ngrams[i] for i in indices]
+        grams = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        offsets = torch.tensor([0] + [len(r) for r in rows[:-1]], dtype=torch.long).cumsum(0)
     return Batch(words=words, lengths=lengths, mask=mask, chars=chars, pretrained=pretrained, labels=labels,
                  indices=list(indices), tokens=[dataset.tokens[i] for i in indices], count=count,
-                 cache_key=dataset.name if cache else None)
+                 cache_key=dataset.name if cache else None, ngrams=grams, ngram_offsets=offsets, casing=casing)
 
 
 def batch_order(dataset: EncodedDataset, batch_size: int, *, shuffle: bool, seed: int = 0,

@@ -14,7 +14,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.nlp.data import (PAD, UNK, UNK_ID, Batch, EncodedDataset, Example, PretrainedVocabulary, TaskInfo,
-                             TextEncoder)
+from kftune.nlp.data import (CASING_CLASSES, PAD, UNK, UNK_ID, Batch, EncodedDataset, Example, PretrainedVocabulary,
+                             TaskInfo, TextEncoder)
+from kftune.nlp.ngrams import NgramSpec
 
 if TYPE_CHECKING:
     from kftune.nlp.config import Hyperparameters
@@ -66,6 +67,22 @@ class PretrainedWordEmbedding(TokenEmbedding):
         if batch.pretrained is None:
             raise DataError("the batch has no pretrained-vocabulary ids; encode it with the model's encoder")
         return self.embedding(batch.pretrained)
+
+
+class CasingEmbedding(TokenEmbedding):
+    """A small trainable embedding of each token's word-shape class (:func:`kftune.nlp.data.casing_class`:
+    lower, Initial cap, ALL CAPS, mixed, digits, punctuation, @mention, #hashtag, URL, other), the casing
+    feature of Lample et al. (2016) and Flair; with lower-cased word embeddings it carries the case."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(len(CASING_CLASSES) + 1, dim, padding_idx=0)
+        self.embedding_length = dim
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if batch.casing is None:
+            raise DataError("the batch has no casing ids; encode it with the model's encoder")
+        return self.embedding(batch.casing)
 
 
 class _CharEncoderBase(TokenEmbedding):
@@ -323,14 +340,31 @@ def load_pretrained_vectors(uri: str, wanted: set[str] | None) -> tuple[Pretrain
     return PretrainedVocabulary([PAD, UNK] + words), torch.from_numpy(matrix)
 
 
+def ngram_spec(hp: "Hyperparameters") -> NgramSpec | None:
+    """The hashed n-gram features the hyperparameters ask for (``None``: the model has no n-gram bag)."""
+    if not hp.uses_ngrams:
+        return None
+    return NgramSpec(word_ngrams=hp.word_ngrams, char_min=hp.char_ngram_min, char_max=hp.char_ngram_max,
+                     buckets=hp.ngram_buckets)
+
+
 def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Example] | None, hp: "Hyperparameters",
-                  *, also_known: Iterable[Example] = ()
+                  *, also_known: Iterable[Example] = (), tokenizer: Any = None
                   ) -> tuple[TextEncoder, EncodedDataset, EncodedDataset | None, torch.Tensor | None]:
     """``(encoder, train, dev, pretrained weights)``: the vocabularies built from ``train`` with ``hp``'s
     data-shaping settings; when ``hp.pretrained_embeddings`` is set, its vectors loaded for the words of
-    train, dev and ``also_known`` only (model files stay small); then train and dev encoded."""
+    train, dev and ``also_known`` only (model files stay small); then train and dev encoded.
+
+    The encoder carries the corpus' tokenizer (``tokenizer``: a :class:`~kftune.nlp.tokenizers.Tokenizer`
+    or its dict; by default ``task.tokenizer``, which :func:`~kftune.nlp.data.task_from_corpus_info` reads
+    from corpus.json), so the model file tokenizes raw text as the corpus was tokenized."""
+    from kftune.nlp.tokenizers import Tokenizer, tokenizer_from_dict
+
+    spec = tokenizer if tokenizer is not None else task.tokenizer
+    tok = spec if isinstance(spec, Tokenizer) or spec is None else tokenizer_from_dict(spec)
     encoder = TextEncoder.build(task, train, min_word_freq=hp.min_word_freq, max_length=hp.max_length,
-                                use_chars=hp.char_embeddings != "none")
+                                use_chars=hp.char_embeddings != "none", tokenizer=tok, ngrams=ngram_spec(hp),
+                                use_casing=hp.casing_embedding_dim > 0, lowercase=hp.lowercase_words)
     weights = None
     if hp.pretrained_embeddings is not None:
         wanted = {t for exs in (train, dev or (), also_known) for ex in exs for t in ex.tokens}

@@ -61,7 +61,7 @@ from kftune.nlp.data import (
 from kftune.nlp.embeddings import encode_corpus
 from kftune.nlp.models import Model, build_model
 from kftune.nlp.predict import autocast_context
-from kftune.nlp.schedulers import build_optimizer
+from kftune.nlp.schedulers import build_optimizer, clip_gradients, sparse_parameters
 from kftune.nlp.trainer import dev_score, resolve_autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _train_step(model: Model, optimizer: torch.optim.Optimizer, data: EncodedDat
     mean = loss_sum / max(total, 1)
     if math.isfinite(mean):
         if hp.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.clip_grad_norm)
+            clip_gradients(model.parameters(), hp.clip_grad_norm)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return mean
@@ -275,7 +275,7 @@ def run_range_test(corpus: str | Path | PreparedData, hyperparameters: Hyperpara
         cache = tc.embeddings_storage_mode != "none"
         model = fresh_model(data, hp, seed, storage_mode=tc.embeddings_storage_mode)
         model.to(torch_device)
-        optimizer = build_optimizer(model.parameters(), hp)
+        optimizer = build_optimizer(model.parameters(), hp, sparse=sparse_parameters(model))
         probe = None
         if dev_metric_every is not None and data.dev is not None:
             probe = _DevProbe(data, data.dev, _dev_subset(data.dev, dev_subset, seed),

@@ -3,7 +3,9 @@
 Contents (a dict of plain types and tensors, so it loads with ``weights_only=True``):
 ``format`` ("kftune-model"), ``format_version`` (:data:`FORMAT_VERSION`), ``kftune_version``,
 ``task`` (type, label type, tag scheme), ``hyperparameters``, ``encoder`` (word/char/pretrained
-vocabularies, label dictionary, max length), ``state_dict`` and ``metadata`` (dev score, epochs, ...).
+vocabularies, label dictionary, max length, and the tokenizer as :meth:`kftune.nlp.tokenizers.Tokenizer.to_dict`
+gives it: plain str/bool/int values, a SentencePiece model as base64 text; ``None`` in files from before
+tokenizers were saved, read as whitespace split), ``state_dict`` and ``metadata`` (dev score, epochs, ...).
 
 :func:`load_model` refuses a file that is not a kftune model or has another format version, with a
 message that says what the file is and what to do (:class:`IncompatibleModelError`).

@@ -23,6 +23,7 @@ from kftune.nlp.config import Hyperparameters
 from kftune.nlp.crf import CRF
 from kftune.nlp.data import UNK_ID, Batch, TextEncoder
 from kftune.nlp.embeddings import (
+    CasingEmbedding,
     CharCNNEmbedding,
     CharLSTMEmbedding,
     PretrainedWordEmbedding,
@@ -80,6 +81,35 @@ class LockedDropout(nn.Module):
         return x * (keep / (1 - self.p)).to(x.dtype)
 
 
+class NgramBag(nn.Module):
+    """The fastText-style document vector: the mean of the hashed n-gram features' vectors
+    (:mod:`kftune.nlp.ngrams`), one ``EmbeddingBag`` with sparse gradients, so an optimizer step
+    touches only the rows of the batch's features (:func:`kftune.nlp.schedulers.build_optimizer`
+    handles sparse gradients). ``feature_dropout`` drops each feature of a training document with
+    that probability (a document keeps at least one), the bag's counterpart of word dropout."""
+
+    def __init__(self, buckets: int, dim: int, feature_dropout: float = 0.0):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True)
+        nn.init.uniform_(self.bag.weight, -1.0 / dim, 1.0 / dim)   # fastText's initialisation
+        self.feature_dropout = feature_dropout
+        self.embedding_length = dim
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if batch.ngrams is None or batch.ngram_offsets is None:
+            raise ValueError("the batch has no n-gram features: encode it with a TextEncoder built with ngrams")
+        ids, offsets = batch.ngrams, batch.ngram_offsets
+        if self.training and self.feature_dropout > 0 and ids.numel():
+            owner = torch.bucketize(torch.arange(ids.numel(), device=ids.device), offsets, right=True) - 1
+            keep = torch.rand(ids.shape, device=ids.device) >= self.feature_dropout
+            first = torch.zeros_like(keep)
+            first[offsets[offsets < ids.numel()]] = True        # every document keeps its first feature
+            keep |= first
+            ids, owner = ids[keep], owner[keep]
+            offsets = torch.searchsorted(owner, torch.arange(len(batch.ngram_offsets), device=ids.device))
+        return self.bag(ids, offsets)
+
+
 def _run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a batch-first RNN over padded input; returns (outputs [B,T,H*dirs], final hidden [B, H*dirs]).
     The RNN runs in float32 even under autocast (the recurrence accumulates rounding errors)."""
@@ -102,15 +132,18 @@ class TextClassifier(nn.Module):
 
     is_classifier = True
 
-    def __init__(self, embeddings: StackedEmbeddings, num_labels: int, hp: Hyperparameters):
+    def __init__(self, embeddings: StackedEmbeddings | None, num_labels: int, hp: Hyperparameters):
         super().__init__()
         self.embeddings = embeddings
         self.encoder_type = hp.document_encoder
+        self.ngram_bag = (NgramBag(hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout) if hp.uses_ngrams else None)
         self.word_dropout = WordDropout(hp.word_dropout)
         self.locked_dropout = LockedDropout(hp.locked_dropout)
         self.dropout = nn.Dropout(hp.dropout)
-        dim = embeddings.embedding_length
-        if hp.document_encoder in ("lstm", "gru"):
+        dim = embeddings.embedding_length if embeddings is not None else 0
+        if hp.document_encoder == "ngram":
+            out_dim = 0
+        elif hp.document_encoder in ("lstm", "gru"):
             cls = nn.LSTM if hp.document_encoder == "lstm" else nn.GRU
             self.rnn = cls(dim, hp.hidden_size, num_layers=hp.rnn_layers, batch_first=True,
                            bidirectional=hp.bidirectional, dropout=hp.dropout if hp.rnn_layers > 1 else 0.0)
@@ -121,11 +154,16 @@ class TextClassifier(nn.Module):
             out_dim = hp.cnn_filters * len(self.kernel_sizes)
         else:
             out_dim = dim
+        if self.ngram_bag is not None:
+            out_dim += self.ngram_bag.embedding_length
         self.decoder = nn.Linear(out_dim, num_labels)
         self.loss_function = nn.CrossEntropyLoss(reduction="sum")
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B, num_labels]``."""
+        bag = self.ngram_bag(batch) if self.ngram_bag is not None else None
+        if self.encoder_type == "ngram":
+            return self.decoder(self.dropout(bag))
         x = self.locked_dropout(self.embeddings(self.word_dropout(batch)))
         mask = batch.mask
         if self.encoder_type == "mean":
@@ -137,6 +175,8 @@ class TextClassifier(nn.Module):
             _, doc = _run_rnn(self.rnn, x, batch.lengths)
         else:
             doc = self._cnn(x, batch.lengths)
+        if bag is not None:
+            doc = torch.cat([doc, bag.to(doc.dtype)], dim=1)
         return self.decoder(self.dropout(doc))
 
     def _cnn(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -279,6 +319,11 @@ def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_we
             parts.append(("chars", CharLSTMEmbedding(len(encoder.chars), hp.char_embedding_dim, hp.char_hidden_size)))
         else:
             parts.append(("chars", CharCNNEmbedding(len(encoder.chars), hp.char_embedding_dim, hp.char_hidden_size)))
+    if hp.casing_embedding_dim > 0:
+        if not encoder.casing:
+            raise ConfigError([Problem("hyperparameters.casing_embedding_dim",
+                                       "the encoder does not encode casing classes (build it with use_casing)")])
+        parts.append(("casing", CasingEmbedding(hp.casing_embedding_dim)))
     if hp.transformer is not None:
         parts.append(("transformer", TransformerEmbedding(hp.transformer, freeze=hp.freeze_pretrained)))
     return StackedEmbeddings(parts, storage_mode=storage_mode)
@@ -288,6 +333,11 @@ def build_model(task_type: str, hp: Hyperparameters, encoder: TextEncoder, *,
                 pretrained_weights: torch.Tensor | None = None, storage_mode: str = "none") -> Model:
     """A fresh :class:`TextClassifier` or :class:`SequenceTagger` (initialised from torch's RNG:
     seed it first for a reproducible model)."""
+    if task_type == "text_classification" and not hp.uses_token_embeddings:
+        if encoder.ngrams is None:
+            raise ConfigError([Problem("hyperparameters.document_encoder",
+                                       "ngram needs an encoder built with n-gram features (encode_corpus does this)")])
+        return TextClassifier(None, len(encoder.labels), hp)
     embeddings = build_embeddings(hp, encoder, pretrained_weights=pretrained_weights, storage_mode=storage_mode)
     if task_type == "text_classification":
         return TextClassifier(embeddings, len(encoder.labels), hp)

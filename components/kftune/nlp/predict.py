@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from kftune.nlp.data import UNK_LABEL, EncodedDataset, Example, TextEncoder, batch_order, iterate_batches, tokenize
+from kftune.nlp.data import UNK_LABEL, EncodedDataset, Example, TextEncoder, batch_order, iterate_batches
 from kftune.nlp.model_io import LoadedModel
 from kftune.nlp.models import Model
 
@@ -92,17 +92,20 @@ def _windows(tokens: tuple[str, ...], size: int) -> Iterator[tuple[str, ...]]:
 
 def predict(model: LoadedModel, sentences: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 64, *,
             device: str | torch.device | None = None) -> list[Prediction]:
-    """Predict raw sentences (``str``, tokenized like the corpus step: whitespace split) or token
-    lists, one :class:`Prediction` per input, in input order."""
+    """Predict raw sentences (``str``, tokenized by the model's own tokenizer, the one its training corpus
+    was tokenized with; see :mod:`kftune.nlp.tokenizers`) or token lists, one :class:`Prediction` per
+    input, in input order."""
     dev = torch.device(device) if device is not None else model.device
     if dev != model.device:
         model.model.to(dev)
         model.device = dev
     enc = model.encoder
-    token_lists = [tuple(tokenize(s)) if isinstance(s, str) else tuple(str(t) for t in s) for s in sentences]
+    texts = [s if isinstance(s, str) else None for s in sentences]
+    raw = iter(enc.tokenize_many(t for t in texts if t is not None))
+    token_lists = [tuple(next(raw)) if t is not None else tuple(str(x) for x in s) for t, s in zip(texts, sentences)]
     classification = enc.task.is_classification
     if classification:
-        examples = [Example(tokens=t) for t in token_lists]
+        examples = [Example(tokens=t, text=texts[i]) for i, t in enumerate(token_lists)]
         owners = list(range(len(token_lists)))
     else:
         examples, owners = [], []
@@ -111,7 +114,7 @@ def predict(model: LoadedModel, sentences: Sequence[str] | Sequence[Sequence[str
             if len(toks) > enc.max_length:
                 long_count += 1
             for window in (_windows(toks, enc.max_length) if toks else [()]):
-                examples.append(Example(tokens=window))
+                examples.append(Example(tokens=window, text=texts[i]))
                 owners.append(i)
         if long_count:
             log.warning("%d sentence(s) longer than max_length=%d were tagged in windows of %d tokens",

@@ -23,11 +23,103 @@ from torch.optim.lr_scheduler import CyclicLR, LambdaLR, OneCycleLR, ReduceLROnP
 from kftune.nlp.config import Hyperparameters
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters) -> Optimizer:
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters,
+                    sparse: Iterable[torch.nn.Parameter] = ()) -> Optimizer:
+    """The optimizer the hyperparameters name. Parameters in ``sparse`` get sparse gradients (the
+    n-gram bag's ``EmbeddingBag``): AdamW then updates only their touched rows, lazily
+    (:class:`LazyAdamW`, as ``torch.optim.SparseAdam`` does), and SGD leaves them out of weight decay
+    (torch's SGD cannot decay a sparse gradient)."""
     params = [p for p in params if p.requires_grad]
+    sparse_ids = {id(p) for p in sparse}
+    if not sparse_ids:
+        if hp.optimizer == "sgd":
+            return SGD(params, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    groups = [{"params": [p for p in params if id(p) not in sparse_ids]},
+              {"params": [p for p in params if id(p) in sparse_ids]}]
+    groups = [g for g in groups if g["params"]]
     if hp.optimizer == "sgd":
-        return SGD(params, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        groups[-1]["weight_decay"] = 0.0
+        return SGD(groups, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    return LazyAdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+
+def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of ``model`` that receive sparse gradients (``EmbeddingBag``/``Embedding`` with
+    ``sparse=True``)."""
+    out = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.EmbeddingBag, torch.nn.Embedding)) and module.sparse:
+            out.append(module.weight)
+    return out
+
+
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` that also takes sparse gradients: the total 2-norm over
+    every gradient (a sparse one's stored values, coalesced), then every gradient scaled by the same
+    factor when it is above ``max_norm``."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not any(g.is_sparse for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    squares = []
+    for g in grads:
+        values = g.coalesce()._values() if g.is_sparse else g
+        squares.append(values.detach().float().pow(2).sum())
+    total = torch.stack(squares).sum().sqrt()
+    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.to(g.dtype))
+    return total
+
+
+class LazyAdamW(Optimizer):
+    """AdamW whose sparse-gradient parameters are updated lazily: only the rows a batch touched get
+    their moments and weights updated (and decayed), with ``torch.optim.SparseAdam``'s arithmetic;
+    dense parameters follow ``torch.optim.AdamW`` exactly. One optimizer, so every schedule and
+    checkpoint of the trainer works unchanged."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = float(state["step"])
+                bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                if p.grad.is_sparse:
+                    grad = p.grad.coalesce()
+                    rows, values = grad._indices()[0], grad._values()
+                    m = exp_avg[rows].mul_(beta1).add_(values, alpha=1 - beta1)
+                    v = exp_avg_sq[rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                    exp_avg[rows], exp_avg_sq[rows] = m, v
+                    update = (m / bias1) / ((v / bias2).sqrt_().add_(eps))
+                    w = p[rows]
+                    if decay:
+                        w.mul_(1 - lr * decay)
+                    p[rows] = w.add_(update, alpha=-lr)
+                else:
+                    if decay:
+                        p.mul_(1 - lr * decay)
+                    exp_avg.lerp_(p.grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
+                    p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+        return loss
 
 
 class _LinearWarmupDecay:

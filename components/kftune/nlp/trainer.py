@@ -42,7 +42,7 @@ from kftune.nlp.data import (
 )
 from kftune.nlp.models import Model
 from kftune.nlp.predict import autocast_context
-from kftune.nlp.schedulers import Schedule, build_optimizer
+from kftune.nlp.schedulers import Schedule, build_optimizer, clip_gradients, sparse_parameters
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ class Trainer:
         self.show_progress = show_progress
         self.eval_batch_size = config.eval_batch_size or 2 * hp.mini_batch_size
         self.model.to(self.device)
-        if hasattr(self.model, "embeddings"):
+        if getattr(self.model, "embeddings", None) is not None:
             self.model.embeddings.set_storage_mode(config.embeddings_storage_mode)
         self.steps_per_epoch = math.ceil(train_data.num_usable / hp.mini_batch_size)
-        self.optimizer = build_optimizer(self.model.parameters(), hp)
+        self.optimizer = build_optimizer(self.model.parameters(), hp, sparse=sparse_parameters(self.model))
         self.schedule = Schedule(self.optimizer, hp, self.steps_per_epoch, config.max_epochs)
         # progress state (all of it goes into checkpoints)
         self.epoch = 0
@@ -303,7 +303,7 @@ class Trainer:
         if self.device.type == "cpu":  # free on the CPU: never step on a NaN loss
             self._check_finite(float(loss_sum))
         if self.hp.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.clip_grad_norm)
+            clip_gradients(self.model.parameters(), self.hp.clip_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.after_batch()

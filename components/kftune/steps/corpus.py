@@ -28,11 +28,22 @@ How the splits are made (all seeded; the same input and seed give byte-identical
    ``downsample_test`` is set, so scores stay comparable across downsampled runs.
    E.g. TREC_6 (5,452 train / 500 test), dev 0.1, downsample 0.1: dev carved = 545, train = 4,907;
    after downsampling train 491, dev 55, test 500.
-5. Pass 2 streams the files again and writes the selected examples in file order, validating
-   BIO/BIOES tags against the scheme detected over all splits.
+5. Tokenization (``--tokenizer``, the spec's ``corpus.tokenizer``; see :mod:`kftune.core.tokenization`):
+   without one, a registered corpus' default (NSMC: ``morpheme``), else ``regex`` for raw text (csv, tsv,
+   fasttext) and ``whitespace`` for pre-tokenized formats (trec, conll, conllu), whose tokens are kept as
+   they are. A ``subword`` tokenizer is trained here, on the texts of the output train split only (after
+   carving and downsampling), in one more streaming pass over the train file.
+6. Pass 2 streams the files again and writes the selected examples in file order, their ``tokens`` made
+   by the tokenizer from ``text`` (streamed through it; kiwi reads a few dozen sentences ahead on its
+   worker threads), validating BIO/BIOES tags against the scheme detected over all splits. A
+   classification example the tokenizer leaves without tokens is dropped and counted with the empty ones.
+   ``corpus.json`` records the tokenizer (``tokenizer``: its ``to_dict()``, which recreates it) and
+   ``card.md`` names it; the log reports the pass's throughput in sentences per second.
 
-Memory: the step holds one example at a time plus one small key per example; on UD_ENGLISH (17.8 MB
-of CoNLL-U) the whole process peaks at about 40 MB RSS (``benchmarks/corpus_memory.py``).
+Memory: the step holds one example at a time (plus the few the tokenizer reads ahead) and one small key
+per example; on UD_ENGLISH (17.8 MB of CoNLL-U) the whole process peaks at about 40 MB RSS
+(``benchmarks/corpus_memory.py``). Full NSMC with ``morpheme`` peaks at about 0.6 GB, most of it kiwi's
+model.
 """
 
 from __future__ import annotations
@@ -48,18 +59,20 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import urllib.parse
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from kftune._progress import Progress
 from kftune._version import __version__
 from kftune.core.corpus_registry import (CONLLU_COLUMNS, FORMATS, SPLITS, TASK_OF_FORMAT, CorpusEntry,
                                          get_corpus, is_sha256)
 from kftune.core.errors import ConfigError, DataError, Problem
+from kftune.core.tokenization import TokenizerChoice, check_tokenizer, default_tokenizer
 from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,8 @@ class CorpusConfig(CheckedConfig):
     corpus, and only where the registry lists choices (UD_ENGLISH: ``upos``, ``xpos``, ``deprel``...).
     ``label_column`` means, per format: csv/tsv the label column (name or 0-based number); trec
     ``coarse`` or ``fine``; conll the tag column number (default the last); conllu the column name.
+    ``tokenizer``: a tokenizer name (``morpheme``) or the spec's mapping (``{"type": "subword",
+    "vocabSize": 8000}``); ``None`` takes the registered corpus' default, else the format's.
     """
 
     out: str
@@ -101,6 +116,7 @@ class CorpusConfig(CheckedConfig):
     encoding: str | None = None
     label_type: str | None = None
     tag_scheme: str = "auto"
+    tokenizer: str | Mapping[str, Any] | None = None
     downsample: float = 1.0
     downsample_test: bool = False
     dev_fraction: float = 0.1
@@ -126,6 +142,7 @@ class CorpusConfig(CheckedConfig):
                 p.extend(_named_problems(self, entry))
         if self.uri:
             p.extend(_uri_problems(self))
+        p.extend(_tokenizer_problems(self))
         for fname in ("sha256", "dev_sha256", "test_sha256"):
             value = getattr(self, fname)
             if value is not None and not is_sha256(value.lower()):
@@ -151,6 +168,26 @@ class CorpusConfig(CheckedConfig):
                 p.append(Problem("corpus.out", f"{out!r} is a non-empty directory that holds no corpus (no corpus.json); "
                                                "choose a new or empty directory"))
         return p
+
+
+def _effective_tokenizer(cfg: CorpusConfig) -> tuple[TokenizerChoice | None, list[Problem]]:
+    """The tokenizer the corpus gets (the config's, the registry's default, the format's) and its problems:
+    an unknown name or option, a tagged format with anything but whitespace, a package that is missing."""
+    fmt, default, name = None, None, None
+    if cfg.name and not cfg.uri:
+        try:
+            entry = get_corpus(cfg.name)
+        except ConfigError:
+            entry = None
+        if entry is not None:
+            fmt, default, name = entry.format, entry.tokenizer, entry.name
+    elif cfg.uri and cfg.format in FORMATS:
+        fmt = cfg.format
+    return check_tokenizer(cfg.tokenizer, "corpus.tokenizer", fmt=fmt, registry_default=default, corpus=name)
+
+
+def _tokenizer_problems(cfg: CorpusConfig) -> list[Problem]:
+    return _effective_tokenizer(cfg)[1]
 
 
 def _is_number(x: object) -> bool:
@@ -233,7 +270,9 @@ class SplitStats:
 
 @dataclass(frozen=True)
 class CorpusResult:
-    """What ``run`` wrote: the output URI, the corpus metadata and the per-split counts."""
+    """What ``run`` wrote: the output URI, the corpus metadata and the per-split counts. ``tokenization``:
+    the tokenizer, the sentences written and the throughput of the tokenizing pass (not in corpus.json,
+    which stays byte-identical across runs)."""
 
     out: str
     name: str
@@ -243,6 +282,7 @@ class CorpusResult:
     tag_scheme: str | None
     splits: Mapping[str, SplitStats]
     metadata: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    tokenization: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -264,6 +304,12 @@ class _Plan:
     reader_options: Mapping[str, Any]
     splits: Mapping[str, _SplitFile]  # only the splits the corpus has
     info: Mapping[str, Any]
+    tokenizer: TokenizerChoice | None = None  # None only where the config is invalid
+
+    @property
+    def retokenize(self) -> bool:
+        """Whether the tokens are made from the text (else the reader's own tokens are the tokenizer's)."""
+        return self.tokenizer is not None and self.tokenizer.to_spec() != default_tokenizer(self.format)
 
 
 def _plan(cfg: CorpusConfig) -> _Plan:
@@ -281,7 +327,8 @@ def _plan(cfg: CorpusConfig) -> _Plan:
             splits[split] = _SplitFile(f.url, f.sha256, f.mirror_path, src.member, "registry")
         info = {"corpus": entry.name, "description": entry.description, "license": entry.license,
                 "homepage": entry.homepage, "citation": entry.citation}
-        return _Plan(entry.name, entry.task, cfg.label_type or label_type, entry.format, options, splits, info)
+        return _Plan(entry.name, entry.task, cfg.label_type or label_type, entry.format, options, splits, info,
+                     _effective_tokenizer(cfg)[0])
     fmt = cfg.format or ""
     splits = {}
     shas = {"train": cfg.sha256, "dev": cfg.dev_sha256, "test": cfg.test_sha256}
@@ -314,7 +361,8 @@ def _plan(cfg: CorpusConfig) -> _Plan:
     default_type = {"conllu": options.get("column"), "conll": "tags"}.get(fmt, "label")
     info = {"corpus": cfg.uri, "description": f"{fmt} corpus given by URI", "license": "unknown (given by URI)",
             "homepage": None, "citation": None}
-    return _Plan(stem, TASK_OF_FORMAT[fmt], cfg.label_type or default_type or "label", fmt, options, splits, info)
+    return _Plan(stem, TASK_OF_FORMAT[fmt], cfg.label_type or default_type or "label", fmt, options, splits, info,
+                 _effective_tokenizer(cfg)[0])
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -473,45 +521,91 @@ class _SplitOut:
     sha256: Any = field(default_factory=hashlib.sha256)
 
 
-def _write_splits(plan: _Plan, paths: dict[str, Path], selection: dict[str, dict[str, Any]], totals: dict[str, int],
-                  tag_scheme: str | None, workdir: Path) -> dict[str, _SplitOut]:
-    """Pass 2: stream each source file again and write the selected examples, in file order."""
+def _destinations(selection: Mapping[str, Any], total: int) -> list[int]:
+    """Per source example: the output split's number, or -1 for "not selected"."""
     import numpy as np
 
+    dest = np.full(total, -1, dtype=np.int8)
+    for split, idx in selection.items():
+        dest[idx] = SPLITS.index(split)
+    return dest.tolist()
+
+
+def _selected(plan: _Plan, path: Path, dest: Sequence[int], scheme: str | None) -> Iterator[tuple[str, Any]]:
+    """``(output split, example)`` of the selected examples of one source file, in file order."""
+    for i, ex in enumerate(_reader(plan, path, scheme)):
+        code = dest[i] if i < len(dest) else -1
+        if code >= 0:
+            yield SPLITS[code], ex
+
+
+def _train_texts(plan: _Plan, paths: dict[str, Path], selection: dict[str, dict[str, Any]],
+                 totals: dict[str, int]) -> Iterator[str]:
+    """The texts of the output train split (what a subword tokenizer is trained on: never dev or test)."""
+    dest = _destinations({"train": selection["train"]["train"]}, totals["train"])
+    for _, ex in _selected(plan, paths["train"], dest, None):
+        yield ex.text
+
+
+def _tokenized(pairs: Iterable[tuple[str, Any]], tokenizer: Any) -> Iterator[tuple[str, Any, list[str]]]:
+    """``(split, example, tokens)``: the tokens made by ``tokenizer`` from the example's text (streamed
+    through :meth:`tokenize_many`, so it may work ahead on a few examples), or the reader's own."""
+    if tokenizer is None:
+        for split, ex in pairs:
+            yield split, ex, ex.tokens
+        return
+    ahead: deque[tuple[str, Any]] = deque()
+
+    def texts() -> Iterator[str]:
+        for split, ex in pairs:
+            ahead.append((split, ex))
+            yield ex.text
+
+    for tokens in tokenizer.tokenize_many(texts()):
+        split, ex = ahead.popleft()
+        yield split, ex, tokens
+
+
+def _write_splits(plan: _Plan, paths: dict[str, Path], selection: dict[str, dict[str, Any]], totals: dict[str, int],
+                  tag_scheme: str | None, workdir: Path, tokenizer: Any = None) -> tuple[dict[str, _SplitOut], int]:
+    """Pass 2: stream each source file again and write the selected examples, in file order, tokenized by
+    ``tokenizer`` (``None``: the reader's tokens). Returns the statistics and how many classification
+    examples the tokenizer left without tokens (dropped)."""
     from kftune.nlp.corpora import split_tag
 
     stats = {split: _SplitOut() for split in SPLITS}
+    dropped = 0
+    what = f" ({tokenizer.kind} tokens)" if tokenizer is not None else ""
     handles = {split: open(workdir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") for split in SPLITS}
     try:
         for source, targets in selection.items():
-            # one byte per source example: the output split's number, or -1 for "not selected"
-            dest = np.full(totals[source], -1, dtype=np.int8)
-            for split, idx in targets.items():
-                dest[idx] = SPLITS.index(split)
-            dest_list = dest.tolist()
-            with Progress(int(np.count_nonzero(dest >= 0)), f"write {source}", unit="ex") as bar:
-                for i, ex in enumerate(_reader(plan, paths[source], tag_scheme)):
-                    code = dest_list[i] if i < len(dest_list) else -1
-                    if code < 0:
-                        continue
-                    split = SPLITS[code]
-                    line = json.dumps(ex.to_json(), ensure_ascii=False, sort_keys=True) + "\n"
+            dest = _destinations(targets, totals[source])
+            with Progress(sum(c >= 0 for c in dest), f"write {source}{what}", unit="ex") as bar:
+                pairs = _selected(plan, paths[source], dest, tag_scheme)
+                for split, ex, tokens in _tokenized(pairs, tokenizer):
+                    bar.update(1)
+                    obj = ex.to_json()
+                    if plan.task == "text_classification":
+                        if not tokens:
+                            dropped += 1
+                            continue
+                        obj["tokens"] = tokens
+                    line = json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
                     handles[split].write(line)
                     st = stats[split]
                     st.sha256.update(line.encode("utf-8"))
                     st.examples += 1
-                    st.tokens += len(ex.tokens)
-                    st.lengths.append(len(ex.tokens))
+                    st.tokens += len(tokens)
+                    st.lengths.append(len(tokens))
                     if plan.task == "text_classification":
                         st.labels[ex.label] += 1
                     else:
                         st.labels.update(ex.tags)
                         st.entities.update(t for p, t in map(split_tag, ex.tags) if p in ("B", "S") and t)
-                    bar.update(1)
     finally:
         for h in handles.values():
             h.close()
-    return stats
+    return stats, dropped
 
 
 # --------------------------------------------------------------------------- statistics and card
@@ -539,7 +633,8 @@ def render_card(meta: Mapping[str, Any], stats: Mapping[str, _SplitOut], source_
     lines += ["| | |", "| --- | --- |",
               f"| task | {meta['task']} |", f"| label type | {meta['label_type']} |",
               f"| labels | {len(meta['labels'])} |", f"| tag scheme | {meta['tag_scheme'] or '-'} |",
-              f"| format | {src['format']} |", f"| license | {src.get('license') or 'unknown'} |"]
+              f"| format | {src['format']} |", f"| tokenizer | {_tokenizer_text(meta.get('tokenizer'))} |",
+              f"| license | {src.get('license') or 'unknown'} |"]
     if src.get("homepage"):
         lines.append(f"| homepage | {src['homepage']} |")
     if src.get("citation"):
@@ -586,6 +681,20 @@ def render_card(meta: Mapping[str, Any], stats: Mapping[str, _SplitOut], source_
             lines.append(f"| {_md(t)} | " + " | ".join(f"{stats[s].entities.get(t, 0):,}" for s in SPLITS) + " |")
     lines += ["", f"Prepared by kftune {meta['kftune_version']}.", ""]
     return "\n".join(lines)
+
+
+def _tokenizer_text(data: Mapping[str, Any] | None) -> str:
+    """The tokenizer as the card names it: type, options, and the analyzer or model that made the tokens."""
+    if not data:
+        return "whitespace"
+    skip = {"type", "model", "analyzer", "version", "model_type"} if data.get("type") == "morpheme" else {"type", "model"}
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if k not in skip)
+    text = str(data.get("type")) + (f" ({opts})" if opts else "")
+    if data.get("type") == "morpheme":
+        text += f"; {data.get('analyzer')} {data.get('version')}, model {data.get('model_type')}"
+    if data.get("type") == "subword":
+        text += "; SentencePiece, trained on the train split"
+    return _md(text)
 
 
 def _md(text: str) -> str:
@@ -656,7 +765,16 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
         work = Path(tempfile.mkdtemp(prefix="kftune-corpus-"))
     try:
         totals = {split: scan.total for split, scan in scans.items()}
-        stats = _write_splits(plan, paths, selection, totals, tag_scheme, work)
+        tokenizer = _build_tokenizer(plan, paths, selection, totals)
+        started = time.monotonic()
+        stats, dropped = _write_splits(plan, paths, selection, totals, tag_scheme, work,
+                                       tokenizer if plan.retokenize else None)
+        seconds = time.monotonic() - started
+        written = sum(stats[s].examples for s in SPLITS) + dropped
+        tokenization = {"tokenizer": tokenizer.describe(), "sentences": written, "seconds": round(seconds, 3),
+                        "sentences_per_second": round(written / seconds, 1) if seconds > 0 else None}
+        log.info("tokenized %d sentences with %s in %.1f s: %.0f sentences/s", written, tokenizer.describe(),
+                 seconds, written / max(seconds, 1e-9))
         if stats["train"].examples == 0:
             raise DataError("the train split is empty after splitting and downsampling; raise --downsample")
         labels = sorted(set().union(*(set(stats[s].labels) for s in SPLITS)))
@@ -669,6 +787,7 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
             "splits": {s: {"examples": stats[s].examples, "tokens": stats[s].tokens,
                            "sha256": stats[s].sha256.hexdigest(), "length": length_stats(stats[s].lengths)}
                        for s in SPLITS},
+            "tokenizer": tokenizer.to_dict(),
             "seed": config.seed,
             "downsample": config.downsample,
             "dev_fraction": config.dev_fraction,
@@ -678,7 +797,7 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
             "preparation": {"dev": origin["dev"], "test": origin["test"], "downsample_test": config.downsample_test,
                             "test_fraction": config.test_fraction if "test" not in plan.splits else None,
                             "stratification": stratification,
-                            "skipped_empty": sum(s.empty for s in scans.values()),
+                            "skipped_empty": sum(s.empty for s in scans.values()) + dropped,
                             "source_examples": {s: scans[s].total for s in scans}},
             "kftune_version": __version__,
         }
@@ -696,7 +815,21 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
     _log_metrics(split_stats)
     log.info("wrote %s: %s", out, ", ".join(f"{s} {split_stats[s].examples}" for s in SPLITS))
     return CorpusResult(out=out, name=plan.name, task=plan.task, label_type=plan.label_type, labels=tuple(labels),
-                        tag_scheme=tag_scheme, splits=split_stats, metadata=meta)
+                        tag_scheme=tag_scheme, splits=split_stats, metadata=meta, tokenization=tokenization)
+
+
+def _build_tokenizer(plan: _Plan, paths: dict[str, Path], selection: dict[str, dict[str, Any]],
+                     totals: dict[str, int]) -> Any:
+    """The plan's tokenizer; a subword one is trained here on the output train split's texts."""
+    from kftune.nlp.tokenizers import build_tokenizer
+
+    assert plan.tokenizer is not None  # the config was validated
+    if plan.tokenizer.type != "subword":
+        return build_tokenizer(plan.tokenizer)
+    started = time.monotonic()
+    tokenizer = build_tokenizer(plan.tokenizer, train_texts=_train_texts(plan, paths, selection, totals))
+    log.info("trained %s on the train split in %.1f s", tokenizer.describe(), time.monotonic() - started)
+    return tokenizer
 
 
 def _publish(work: Path, out: str, local_out: Path | None) -> None:
@@ -773,6 +906,10 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--label-type", help="name of what the labels are (default from the corpus)")
     rd.add_argument("--tag-scheme", choices=TAG_SCHEMES, default="auto",
                     help="validate tags as BIO/BIOES (auto: detect), or not at all (none)")
+    rd.add_argument("--tokenizer", type=_tokenizer_arg,
+                    help="regex, whitespace, char, morpheme or subword, or a JSON mapping such as "
+                         "'{\"type\": \"subword\", \"vocabSize\": 8000}' (default: the corpus' own; NSMC "
+                         "morpheme, else regex for raw text and whitespace for trec/conll/conllu)")
     sp = p.add_argument_group("splitting")
     sp.add_argument("--downsample", type=float, default=1.0, help="fraction of train and dev to keep (default 1.0)")
     sp.add_argument("--downsample-test", action="store_true", help="downsample the test split too")
@@ -782,6 +919,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory or store URI (s3://bucket/key)")
     add_common_arguments(p)
     return p
+
+
+def _tokenizer_arg(text: str) -> str | dict[str, Any]:
+    """A tokenizer name, or a JSON mapping (checked by the config)."""
+    if not text.strip().startswith("{"):
+        return text.strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tokenizer name or a JSON mapping ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON mapping")
+    return value
 
 
 def _label_map(text: str) -> dict[str, str]:
@@ -798,7 +948,7 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         text_columns=tuple(args.text_columns or ()), label_column=args.label_column, label_map=args.label_map,
         label_prefix=args.label_prefix, token_column=args.token_column,
         delimiter=args.delimiter, header=args.header, quoting=args.quoting, encoding=args.encoding,
-        label_type=args.label_type, tag_scheme=args.tag_scheme, downsample=args.downsample,
+        label_type=args.label_type, tag_scheme=args.tag_scheme, tokenizer=args.tokenizer, downsample=args.downsample,
         downsample_test=args.downsample_test, dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
         seed=args.seed, allow_unverified=args.allow_unverified)
 
@@ -808,6 +958,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(config_from_args(args))
         counts = "  ".join(f"{s}={result.splits[s].examples}" for s in SPLITS)
         print(f"{result.name}: {counts} -> {result.out}")
+        tk = result.tokenization
+        if tk:
+            print(f"tokenizer {tk['tokenizer']}: {tk['sentences']} sentences in {tk['seconds']:.1f} s "
+                  f"({tk['sentences_per_second'] or 0:.0f} sentences/s)")
         return 0
 
     return run_main(body, build_parser(), argv)

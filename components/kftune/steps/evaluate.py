@@ -15,12 +15,19 @@ Output in ``--out`` (a directory or store URI):
 - ``predictions.jsonl``: one line per example in split order: ``tokens``, ``gold``, ``predicted``,
   ``score`` (the predicted label's probability; for tagging the mean of the tag probabilities,
   ``null`` for an empty sentence), ``tag_scores`` (tagging) and ``correct``.
+- ``baseline.json`` (unless ``baseline`` is off, ``--no-baseline``): the baseline a user would try
+  first (:mod:`kftune.nlp.baseline`: TF-IDF + logistic regression with ``C`` picked on dev for
+  classification, the most frequent tag per word for tagging), trained on the corpus' train split and
+  scored on the same split with the same metric as the model, plus the model's score and the
+  difference. ``result.json`` holds it under ``baseline`` and ``report.md`` shows the three numbers
+  side by side.
 
 Gold labels are scored as written in the corpus. A gold label the model never saw in training can
 never be predicted: it is counted as an error under its own name, listed in ``unseen_gold_labels``
 and logged as a warning (span scores keep such entities as real gold spans). Metrics
 ``<split>_score``, ``<split>_accuracy``, ``<split>_f1_micro`` and ``<split>_f1_macro`` (``test_*`` by
-default) go to the sinks configured in the environment (:func:`kftune.io.metrics.sinks_from_env`).
+default), and with the baseline ``baseline_<split>_score`` and ``delta_vs_baseline`` (model minus
+baseline), go to the sinks configured in the environment (:func:`kftune.io.metrics.sinks_from_env`).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TASK_TYPES = ("text_classification", "sequence_labeling")
 RESULT_FILE, REPORT_FILE, PNG_FILE, PREDICTIONS_FILE = ("result.json", "report.md", "confusion_matrix.png",
                                                         "predictions.jsonl")
+BASELINE_FILE = "baseline.json"
 PREDICT_CHUNK = 2048
 """Sentences handed to ``predict`` per call (batches are formed inside a chunk; progress per chunk)."""
 
@@ -61,7 +69,7 @@ class EvaluateConfig(CheckedConfig):
     ``model``: the model file (path or URI); ``corpus``: the corpus step's output (directory or URI);
     ``split``: train, dev or test; ``out``: output directory or store URI; ``batch_size``: sentences
     per forward pass; ``device``: auto (CUDA when present), cpu or cuda; ``title``: the report's title
-    (default: model, corpus and split).
+    (default: model, corpus and split); ``baseline``: train and score the baseline beside the model.
     """
 
     model: str
@@ -71,6 +79,7 @@ class EvaluateConfig(CheckedConfig):
     batch_size: int = 64
     device: str = "auto"
     title: str | None = None
+    baseline: bool = True
 
     def problems(self) -> list[Problem]:
         """Every problem with this config (empty when it is usable)."""
@@ -97,6 +106,8 @@ class EvaluateConfig(CheckedConfig):
             p.append(Problem("evaluate.batch_size", f"{self.batch_size!r} must be a positive integer, e.g. 64"))
         if self.device not in DEVICES:
             p.append(Problem("evaluate.device", f"{self.device!r} is not one of {', '.join(DEVICES)}"))
+        if not isinstance(self.baseline, bool):
+            p.append(Problem("evaluate.baseline", f"{self.baseline!r} must be true or false"))
         return p
 
 
@@ -110,10 +121,17 @@ class EvaluateResult:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     examples_per_second: float = 0.0
+    baseline: Any = None
+    """The :class:`kftune.nlp.baseline.BaselineResult`, or ``None`` when the baseline was off."""
 
     @property
     def main_score(self) -> float:
         return self.evaluation.main_score
+
+    @property
+    def delta_vs_baseline(self) -> float | None:
+        """The model's main score minus the baseline's (``None`` without a baseline)."""
+        return None if self.baseline is None else self.evaluation.main_score - self.baseline.test_score
 
 
 def _is_local(uri: str) -> bool:
@@ -127,11 +145,15 @@ def _local_path(uri: str) -> Path:
 # --------------------------------------------------------------------------- reading inputs
 def _read_corpus(uri: str, split: str) -> tuple[dict[str, Any], list[Any]]:
     """``corpus.json`` and the examples of ``split`` (:class:`kftune.nlp.data.Example`)."""
+    info, splits = _read_splits(uri, [split])
+    return info, splits[split]
+
+
+def _read_splits(uri: str, splits: Sequence[str]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     from kftune.io.store import open_store
     from kftune.nlp.data import read_corpus_from_store
 
-    info, splits = read_corpus_from_store(open_store(uri), uri, [split])
-    return info, splits[split]
+    return read_corpus_from_store(open_store(uri), uri, list(dict.fromkeys(splits)))
 
 
 def _device(name: str) -> str:
@@ -160,7 +182,9 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     from kftune.nlp.model_io import load_model
     from kftune.nlp.predict import predict
 
-    info, examples = _read_corpus(config.corpus, config.split)
+    wanted = [config.split, "train", "dev"] if config.baseline else [config.split]
+    info, splits = _read_splits(config.corpus, wanted)
+    examples = splits[config.split]
     task_type = info["task"]
     device = _device(config.device)
     model = load_model(config.model, device=device)
@@ -199,6 +223,17 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     metrics = {f"{prefix}_score": evaluation.main_score, f"{prefix}_accuracy": evaluation.accuracy,
                f"{prefix}_f1_micro": evaluation.micro.f1, f"{prefix}_f1_macro": evaluation.macro.f1}
     rate = len(examples) / seconds if seconds > 0 else 0.0
+    baseline = None
+    if config.baseline:
+        from kftune.nlp.baseline import run_baseline
+
+        baseline = run_baseline(task_type, splits["train"], splits["dev"], examples, tag_scheme=tag_scheme,
+                                label_type=label_type)
+        if baseline.metric != evaluation.main_score_name:  # same scorer and scheme: cannot happen
+            raise DataError(f"the baseline is scored by {baseline.metric} but the model by "
+                            f"{evaluation.main_score_name}")
+        metrics[f"baseline_{prefix}_score"] = baseline.test_score
+        metrics["delta_vs_baseline"] = evaluation.main_score - baseline.test_score
 
     store = open_store(config.out)
     artifacts: dict[str, str] = {}
@@ -220,12 +255,27 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
         f"batch size {config.batch_size}",
         f"- kftune {__version__}",
     ]
-    put_text(store, REPORT_FILE, render_markdown(evaluation, title=title) + "\n".join(provenance) + "\n")
+    baseline_md: list[str] = []
+    baseline_record: dict[str, Any] | None = None
+    if baseline is not None:
+        from kftune.nlp.baseline import comparison, comparison_markdown
+
+        versus = comparison(evaluation.main_score, baseline)
+        baseline_record = {**baseline.to_dict(), "split": config.split, "trained_on": "train",
+                           "model_score": evaluation.main_score, "delta_vs_baseline": versus["delta"],
+                           "beats_baseline": versus["beats_baseline"], "verdict": versus["verdict"]}
+        put_json(store, BASELINE_FILE, baseline_record)
+        artifacts["baseline"] = store.uri_for(BASELINE_FILE)
+        baseline_md = [""] + comparison_markdown(evaluation.main_score, baseline, config.split)
+    put_text(store, REPORT_FILE, _with_baseline(render_markdown(evaluation, title=title), baseline_md)
+             + "\n".join(provenance) + "\n")
     artifacts["report"] = store.uri_for(REPORT_FILE)
     record = evaluation.to_dict()
     record.update(split=config.split, model=config.model, corpus=config.corpus, corpus_name=corpus_name,
                   device=device, seconds=round(seconds, 4), examples_per_second=round(rate, 2), metrics=metrics,
                   model_metadata=_jsonable(model.metadata), kftune_version=__version__)
+    if baseline_record is not None:
+        record["baseline"] = baseline_record
     put_json(store, RESULT_FILE, record)  # last: its presence marks a complete evaluation
     artifacts["result"] = store.uri_for(RESULT_FILE)
 
@@ -235,8 +285,23 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     log.info("%s %s: %s = %.4f (accuracy %.4f, micro F1 %.4f, macro F1 %.4f) -> %s", corpus_name, config.split,
              evaluation.main_score_name, evaluation.main_score, evaluation.accuracy, evaluation.micro.f1,
              evaluation.macro.f1, store.root_uri)
+    if baseline_record is not None:
+        log.info("baseline %s: %s = %.4f; model %s", baseline.method, baseline.metric, baseline.test_score,
+                 baseline_record["verdict"])
     return EvaluateResult(evaluation=evaluation, out=store.root_uri, artifacts=artifacts, metrics=metrics,
-                          seconds=seconds, examples_per_second=rate)
+                          seconds=seconds, examples_per_second=rate, baseline=baseline)
+
+
+def _with_baseline(report: str, baseline_md: list[str]) -> str:
+    """The evaluation report with the baseline section right after the summary table (before ``## Averages``)."""
+    if not baseline_md:
+        return report
+    section = "\n".join(baseline_md[1:]) + "\n\n"
+    marker = "## Averages"
+    if marker in report:
+        head, _, tail = report.partition(marker)
+        return head + section + marker + tail
+    return report + "\n".join(baseline_md) + "\n"
 
 
 def _prediction_record(gold: Any, predicted: Any, prediction: Any, task_type: str) -> dict[str, Any]:
@@ -282,21 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default: 64)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--title", default=None, help="title of report.md")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the baseline (TF-IDF + logistic regression, or most-frequent tag for tagging) that is "
+                        "otherwise trained on the train split and scored beside the model (baseline.json)")
     add_common_arguments(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(model=args.model, corpus=args.corpus, out=args.out, split=args.split,
-                          batch_size=args.batch_size, device=args.device, title=args.title)
+                          batch_size=args.batch_size, device=args.device, title=args.title,
+                          baseline=args.baseline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         result = run(config_from_args(args))
         e = result.evaluation
+        baseline = ""
+        if result.baseline is not None:
+            baseline = (f" baseline={result.baseline.test_score:.4f} "
+                        f"delta_vs_baseline={result.delta_vs_baseline:+.4f}")
         print(f"{e.main_score_name}={e.main_score:.4f} accuracy={e.accuracy:.4f} f1_micro={e.micro.f1:.4f} "
-              f"f1_macro={e.macro.f1:.4f} -> {result.out}")
+              f"f1_macro={e.macro.f1:.4f}{baseline} -> {result.out}")
         return 0
 
     return run_main(body, build_parser(), argv)

@@ -10,6 +10,8 @@ It combines what the other steps wrote, each read from a directory or store URI 
   absent, the best completed trial of the journal is named;
 - ``--train``: the final training's output: ``result.json``, ``training_curve.png``;
 - ``--evaluation``: the evaluation's output: ``result.json``, ``report.md``, ``confusion_matrix.png``;
+  with a baseline in ``result.json``, the summary puts the tuned model's test score, the baseline's and
+  the difference side by side, and the evaluation section has a "Baseline" table;
 - ``--spec``: the TuningJob spec file (the run's name, the objective and its direction).
 
 Output in ``--out`` (a directory or store URI):
@@ -286,6 +288,17 @@ def _summary(config: ReportConfig, parts: _Parts, direction: str, metric: str, n
                            "score": e.get("main_score"), "accuracy": e.get("accuracy"),
                            "f1_micro": (e.get("micro") or {}).get("f1"), "f1_macro": (e.get("macro") or {}).get("f1"),
                            "examples": e.get("n_examples")}
+        baseline = e.get("baseline")
+        if isinstance(baseline, dict) and isinstance(e.get("main_score"), (int, float)):
+            from kftune.nlp.baseline import comparison
+
+            c = comparison(float(e["main_score"]), baseline)
+            summary["test"]["baseline"] = {"name": baseline.get("name"), "method": baseline.get("method"),
+                                           "metric": baseline.get("metric"), "score": c["baseline_score"],
+                                           "dev_score": baseline.get("dev_score"), "delta": c["delta"],
+                                           "beats_baseline": c["beats_baseline"], "verdict": c["verdict"],
+                                           "C": (baseline.get("params") or {}).get("C"),
+                                           "seconds": baseline.get("seconds")}
     summary["sources"] = dict(parts.sources)
     return summary
 
@@ -357,6 +370,10 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
     if "test" in summary:
         s = summary["test"]
         rows.append((f"**{s['split']} score**", f"**{_fmt(s['score'])}** ({s['metric']})"))
+        b = s.get("baseline")
+        if b:
+            rows += [(f"{s['split']} score of the baseline", f"{_fmt(b['score'])} ({b['method']})"),
+                     ("tuned model minus baseline", f"**{b['delta'] * 100:+.1f} points**: {b['verdict']}")]
     lines += _table(["", ""], rows) if rows else ["Nothing to summarize."]
 
     lines += ["", "## Corpus", ""]
@@ -414,6 +431,13 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
         lines.append("Not part of this report.")
 
     lines += ["", "## Evaluation", ""]
+    baseline = (parts.evaluation or {}).get("baseline")
+    if isinstance(baseline, dict) and not (parts.evaluation_md and "## Baseline" in parts.evaluation_md) \
+            and isinstance(parts.evaluation.get("main_score"), (int, float)):
+        from kftune.nlp.baseline import comparison_markdown
+
+        lines += comparison_markdown(float(parts.evaluation["main_score"]), baseline,
+                                     str(parts.evaluation.get("split", "test")), heading="### Baseline") + [""]
     if parts.evaluation_md:
         lines.append(_demote(_drop_title(parts.evaluation_md), 1).strip())
     elif parts.evaluation is not None:
