@@ -219,3 +219,20 @@ def test_training_order_is_unchanged_by_the_bag() -> None:
     hp = Hyperparameters.from_mapping(BAG, "text_classification")
     _, train, _, _ = encode_corpus(CLS, _reviews(), None, hp)
     assert batch_order(train, 4, shuffle=True, seed=3) == batch_order(train, 4, shuffle=True, seed=3)
+
+
+def test_predict_reads_the_raw_text_of_corpus_examples(tmp_path) -> None:
+    """Evaluation hands predict() the corpus' examples: the bag's character n-grams must come from their
+    raw text, as in training, not from the tokens joined (morphemes would give other n-grams)."""
+    torch.manual_seed(0)
+    hp = Hyperparameters.from_mapping(BAG, "text_classification")
+    morphemes = [Example(("재밌/VA", "다/EF"), label="pos", text="재밌다"),
+                 Example(("지루/XR", "하/XSA", "다/EF"), label="neg", text="지루하다")]
+    encoder, train, _, _ = encode_corpus(CLS, morphemes, None, hp)
+    model = build_model("text_classification", hp, encoder)
+    save_model(model, encoder, hp, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    model.eval()
+    direct = model.predict(collate(train, [0, 1])).scores
+    assert [p.score for p in predict(loaded, morphemes)] == pytest.approx(direct, abs=1e-6)
+    assert [p.tokens for p in predict(loaded, morphemes)] == [e.tokens for e in morphemes]

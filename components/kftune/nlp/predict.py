@@ -90,19 +90,23 @@ def _windows(tokens: tuple[str, ...], size: int) -> Iterator[tuple[str, ...]]:
         yield tokens[start:start + size]
 
 
-def predict(model: LoadedModel, sentences: Sequence[str] | Sequence[Sequence[str]], batch_size: int = 64, *,
+def predict(model: LoadedModel, sentences: Sequence[str] | Sequence[Sequence[str]] | Sequence[Example],
+            batch_size: int = 64, *,
             device: str | torch.device | None = None) -> list[Prediction]:
     """Predict raw sentences (``str``, tokenized by the model's own tokenizer, the one its training corpus
-    was tokenized with; see :mod:`kftune.nlp.tokenizers`) or token lists, one :class:`Prediction` per
-    input, in input order."""
+    was tokenized with; see :mod:`kftune.nlp.tokenizers`), token lists, or corpus :class:`Example` s
+    (their tokens as they are, and their raw ``text`` for the features that read it: the n-gram bag's
+    character n-grams), one :class:`Prediction` per input, in input order."""
     dev = torch.device(device) if device is not None else model.device
     if dev != model.device:
         model.model.to(dev)
         model.device = dev
     enc = model.encoder
-    texts = [s if isinstance(s, str) else None for s in sentences]
-    raw = iter(enc.tokenize_many(t for t in texts if t is not None))
-    token_lists = [tuple(next(raw)) if t is not None else tuple(str(x) for x in s) for t, s in zip(texts, sentences)]
+    given = [s if isinstance(s, Example) else None for s in sentences]
+    texts = [g.text if g is not None else s if isinstance(s, str) else None for g, s in zip(given, sentences)]
+    raw = iter(enc.tokenize_many(t for t, g in zip(texts, given) if t is not None and g is None))
+    token_lists = [tuple(g.tokens) if g is not None else tuple(next(raw)) if t is not None
+                   else tuple(str(x) for x in s) for g, t, s in zip(given, texts, sentences)]
     classification = enc.task.is_classification
     if classification:
         examples = [Example(tokens=t, text=texts[i]) for i, t in enumerate(token_lists)]

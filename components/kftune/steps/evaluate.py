@@ -204,7 +204,7 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     predictions: list[Any] = []
     with Progress(len(examples), f"evaluate {config.split}", unit="sentence") as bar:
         for start in range(0, len(examples), PREDICT_CHUNK):
-            chunk = [list(e.tokens) for e in examples[start:start + PREDICT_CHUNK]]
+            chunk = examples[start:start + PREDICT_CHUNK]   # tokens as they are, with the raw text
             predictions += predict(model, chunk, batch_size=config.batch_size)
             bar.update(len(chunk))
     seconds = time.perf_counter() - started
