@@ -559,6 +559,36 @@ def test_reader_options_of_a_uri_corpus():
     assert job.spec.corpus.reader_options() == {"token_column": 0, "tag_column": 3, "scheme": "BIOES"}
 
 
+def test_label_map_of_a_registered_csv_corpus_replaces_the_registry_names():
+    """NSMC's raw labels 0/1 are negative/positive in the registry; a labelMap renames them (and survives
+    job_to_dict, which the pipeline's spec dump and the trial runner rely on)."""
+    data = mutate(_set("spec.corpus", {"name": "NSMC", "labelMap": {0: "부정", "1": "긍정"}}))
+    job = parse_spec(data)
+    assert dict(job.spec.corpus.label_map) == {"0": "부정", "1": "긍정"}
+    assert job_to_dict(job)["spec"]["corpus"]["labelMap"] == {"0": "부정", "1": "긍정"}
+    assert parse_spec(job_to_dict(job)) == job
+    # two raw labels may share a name, as for a corpus given by uri
+    assert parse_spec(mutate(_set("spec.corpus", {"name": "NSMC", "labelMap": {"0": "x", "1": "x"}})))
+    assert parse_spec(mutate(_set("spec.corpus", {"uri": "a.tsv", "format": "tsv", "textColumn": "t",
+                                                  "labelColumn": "l", "labelMap": {"0": "x", "1": "x"}})))
+
+
+@pytest.mark.parametrize("corpus, path, fragments", [
+    ({"name": "NSMC", "labelMap": {"0": "부정", "1": "긍정", "2": "중립"}}, "spec.corpus.labelMap.2",
+     ["'2' is not a raw label of NSMC", "not one of ['0', '1']", "0 -> negative, 1 -> positive"]),
+    ({"name": "NSMC", "labelMap": {"1": "긍정"}}, "spec.corpus.labelMap",
+     ["raw label '0' of NSMC has no name", "replaces the registry's"]),
+    ({"name": "TREC_6", "labelMap": {"DESC": "description"}}, "spec.corpus.labelMap",
+     ["TREC_6 is a trec corpus", "csv/tsv corpora only"]),
+    ({"name": "NSMC", "labelMap": {"0": ""}}, "spec.corpus.labelMap.0", ["raw labels and labels are strings"]),
+])
+def test_label_map_of_a_registered_corpus_errors(corpus, path, fragments):
+    problems = problems_of(mutate(_set("spec.corpus", corpus)))
+    found = [p for p in problems if p.path == path]
+    assert found, problems
+    assert all(f in found[0].message for f in fragments), found[0].message
+
+
 def test_a_cpu_only_job_asks_for_no_gpu_and_round_trips() -> None:
     """A spec with train.device cpu and no resources block: no GPU by default, and
     job_to_dict -> parse_spec gives the same job (the search's trial runner relies on it)."""

@@ -88,6 +88,21 @@ def test_a_corpus_uri_parameter_replaces_a_registered_corpus(tmp_path: Path) -> 
     assert effective["spec"]["corpus"]["format"] == "tsv" and effective["spec"]["corpus"]["downsample"] == 0.5
 
 
+def test_a_registered_corpus_label_map_reaches_the_corpus_step(tmp_path: Path) -> None:
+    """spec.corpus.labelMap on NSMC goes into the effective spec and the corpus step's settings, which the
+    corpus step accepts as they are (prepare-corpus builds CorpusConfig(**settings))."""
+    from kftune.steps.corpus import CorpusConfig
+
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    spec["spec"]["corpus"] = {"name": "NSMC", "tokenizer": "regex", "labelMap": {"0": "부정", "1": "긍정"}}
+    out, effective = _resolve(tmp_path, spec, downsample=0.1)
+    assert effective["spec"]["corpus"]["labelMap"] == {"0": "부정", "1": "긍정"}
+    settings = json.loads(out.corpus_config)
+    assert settings["label_map"] == {"0": "부정", "1": "긍정"} and settings["name"] == "NSMC"
+    settings["text_columns"] = tuple(settings["text_columns"])
+    assert CorpusConfig(out=str(tmp_path / "c"), **settings).problems() == []
+
+
 @pytest.mark.parametrize("name, value, path", [
     ("max_trials", -1, "parameter max_trials"), ("downsample", 1.5, "parameter downsample"),
     ("seed", -2, "parameter seed"), ("store", " ", "parameter store"), ("run_id", "a/b", "parameter run_id"),

@@ -390,6 +390,38 @@ def test_nsmc_is_tokenized_into_morphemes_by_default(corpus_mirror, tmp_path, ca
     assert "tokenizer morpheme (tags=True):" in printed and "sentences/s" in printed
 
 
+def test_nsmc_label_map_replaces_the_registry_names(corpus_mirror, tmp_path, capsys):
+    """--label-map on a registered csv/tsv corpus: the labels themselves become 부정/긍정 (every split, the
+    metadata, the card), so the model, predict and the server use them."""
+    out = tmp_path / "nsmc"
+    assert main(["--name", "NSMC", "--label-map", "0=부정,1=긍정", "--tokenizer", "regex", "--downsample", "0.002",
+                 "--downsample-test", "--out", str(out)]) == 0
+    meta = corpus_json(out)
+    assert meta["labels"] == ["긍정", "부정"]
+    assert meta["source"]["reader_options"]["label_map"] == {"0": "부정", "1": "긍정"}
+    for split in ("train", "dev", "test"):
+        rows = jsonl(out / f"{split}.jsonl")
+        assert rows and {r["label"] for r in rows} == {"긍정", "부정"}
+    assert "| 부정 |" in (out / "card.md").read_text(encoding="utf-8")
+    # the registry's own map written out gives the registry's corpus, byte for byte
+    kwargs = dict(name="NSMC", tokenizer="regex", downsample=0.002, downsample_test=True)
+    plain = run(CorpusConfig(out=str(tmp_path / "plain"), **kwargs))
+    same = run(CorpusConfig(out=str(tmp_path / "same"), label_map={"0": "negative", "1": "positive"}, **kwargs))
+    assert plain.labels == ("negative", "positive")
+    assert {s: v.sha256 for s, v in same.splits.items()} == {s: v.sha256 for s, v in plain.splits.items()}
+
+
+@pytest.mark.parametrize("label_map, path, needle", [
+    ({"0": "부정", "1": "긍정", "2": "중립"}, "corpus.label_map.2", "'2' is not a raw label of NSMC: not one of ['0', '1']"),
+    ({"1": "긍정"}, "corpus.label_map", "raw label '0' of NSMC has no name"),
+])
+def test_nsmc_label_map_errors_name_the_key_and_the_raw_labels(tmp_path, label_map, path, needle):
+    problems = CorpusConfig(out=str(tmp_path / "o"), name="NSMC", tokenizer="regex", label_map=label_map).problems()
+    assert [p.path for p in problems] == [path] and needle in problems[0].message
+    trec = CorpusConfig(out=str(tmp_path / "o"), name="TREC_6", label_map={"DESC": "d"}).problems()
+    assert [p.path for p in trec] == ["corpus.label_map"] and "csv/tsv corpora only" in trec[0].message
+
+
 def test_pretokenized_corpora_keep_their_tokens_and_record_whitespace(corpus_mirror, tmp_path):
     result = run(CorpusConfig(out=str(tmp_path / "t"), name="TREC_6", downsample=0.1))
     assert result.metadata["tokenizer"] == {"type": "whitespace"}

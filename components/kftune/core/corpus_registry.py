@@ -92,6 +92,37 @@ class CorpusEntry:
     # none; ``None``: the format's default (regex for raw text, whitespace for pre-tokenized formats).
     tokenizer: str | None = None
 
+    @property
+    def raw_labels(self) -> tuple[str, ...]:
+        """The labels as the files write them, where the registry knows them (the keys of its ``label_map``:
+        NSMC ``("0", "1")``); ``()`` where it does not (the reader's labels are used as they are)."""
+        label_map = self.options.get("label_map")
+        return tuple(label_map) if isinstance(label_map, Mapping) else ()
+
+    def label_map_problems(self, label_map: Mapping[str, str], path: str) -> list[Problem]:
+        """Problems with ``label_map`` replacing this corpus' own map of raw label to label (the spec's
+        ``corpus.labelMap``, the corpus step's ``--label-map``): only csv/tsv corpora take one; each key must
+        be a raw label of the corpus and every raw label needs a name (an unmapped raw label is an error,
+        as for a corpus given by URI). Two raw labels may share a name, as for a URI corpus."""
+        if self.format not in ("csv", "tsv"):
+            return [Problem(path, f"{self.name} is a {self.format} corpus; a label map renames the raw labels "
+                                  "of csv/tsv corpora only")]
+        raw = self.raw_labels
+        if not raw:
+            return []
+        shown = ", ".join(repr(r) for r in raw)
+        current = ", ".join(f"{r} -> {self.options['label_map'][r]}" for r in raw)  # type: ignore[index]
+        problems = [Problem(f"{path}.{key}", f"{key!r} is not a raw label of {self.name}: not one of [{shown}] "
+                                             f"(its map today: {current})")
+                    for key in label_map if str(key) not in raw]
+        missing = [r for r in raw if r not in {str(k) for k in label_map}]
+        if missing:
+            problems.append(Problem(path, f"raw label{'s' if len(missing) > 1 else ''} "
+                                          f"{', '.join(repr(m) for m in missing)} of {self.name} "
+                                          f"{'have' if len(missing) > 1 else 'has'} no name: the map replaces "
+                                          f"the registry's ({current}), so it names every raw label [{shown}]"))
+        return problems
+
     def file(self, mirror_path: str) -> CorpusFile:
         for f in self.files:
             if f.mirror_path == mirror_path:

@@ -1121,8 +1121,10 @@ FORMAT_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "labelColumn": ("csv", "tsv", "trec", "conll", "conllu"),
     "tokenColumn": ("conll",), "tagScheme": ("conll",),
 })
-#: Fields that only a corpus given by uri takes (a registered corpus takes labelColumn where it has a choice).
-_URI_ONLY = ("format", "train", "dev", "test", "sha256", "encoding", *(k for k in FORMAT_OPTIONS if k != "labelColumn"))
+#: Fields that only a corpus given by uri takes (a registered corpus takes labelColumn where it has a choice,
+#: and labelMap where it is csv/tsv: it replaces the registry's map of raw label to label).
+_URI_ONLY = ("format", "train", "dev", "test", "sha256", "encoding",
+             *(k for k in FORMAT_OPTIONS if k not in ("labelColumn", "labelMap")))
 
 
 def _tokenizer(value: Any, path: str, ctx: _Ctx) -> Any:
@@ -1165,6 +1167,8 @@ def _corpus(value: Any, path: str, ctx: _Ctx) -> Any:
                         f"{_show(label)} is not one of: {', '.join(map(str, entry.label_columns))}"
                         if entry.label_columns else
                         f"{entry.name} has one label column; labelColumn is for corpora given by uri")
+            if raw.get("labelMap") is not None and values.get("label_map") is not None:
+                ctx.problems.extend(entry.label_map_problems(values["label_map"], _join(path, "labelMap")))
         for key in _URI_ONLY:
             if raw.get(key) is not None:
                 ctx.add(_join(path, key), "only for a corpus given by uri; a registered corpus "

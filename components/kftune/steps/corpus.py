@@ -89,6 +89,8 @@ class CorpusConfig(CheckedConfig):
     Reader options (``text_columns``, ``label_column``, ``token_column``, ``delimiter``, ``header``,
     ``quoting``, ``encoding``) apply to URI corpora; of them only ``label_column`` applies to a named
     corpus, and only where the registry lists choices (UD_ENGLISH: ``upos``, ``xpos``, ``deprel``...).
+    ``label_map`` (raw label -> label; csv/tsv) applies to both: for a named csv/tsv corpus it replaces the
+    registry's map (NSMC ``{"0": "부정", "1": "긍정"}``), names every raw label and nothing else.
     ``label_column`` means, per format: csv/tsv the label column (name or 0-based number); trec
     ``coarse`` or ``fine``; conll the tag column number (default the last); conllu the column name.
     ``tokenizer``: a tokenizer name (``morpheme``) or the spec's mapping (``{"type": "subword",
@@ -199,8 +201,7 @@ def _named_problems(cfg: CorpusConfig, entry: CorpusEntry) -> list[Problem]:
     uri_only = {"train": cfg.train, "dev": cfg.dev, "test": cfg.test, "format": cfg.format, "sha256": cfg.sha256,
                 "dev_sha256": cfg.dev_sha256, "test_sha256": cfg.test_sha256, "text_columns": cfg.text_columns,
                 "token_column": cfg.token_column, "delimiter": cfg.delimiter, "header": cfg.header,
-                "quoting": cfg.quoting, "encoding": cfg.encoding, "label_map": cfg.label_map,
-                "label_prefix": cfg.label_prefix}
+                "quoting": cfg.quoting, "encoding": cfg.encoding, "label_prefix": cfg.label_prefix}
     for fname, value in uri_only.items():
         if value not in (None, ()):
             p.append(Problem(f"corpus.{fname}", f"applies to URI corpora only; {entry.name} is a registered corpus"))
@@ -210,6 +211,11 @@ def _named_problems(cfg: CorpusConfig, entry: CorpusEntry) -> list[Problem]:
             p.append(Problem("corpus.label_column", f"{entry.name} has a fixed label column{hint}"))
         elif str(cfg.label_column).lower() not in entry.label_columns:
             p.append(Problem("corpus.label_column", f"{cfg.label_column!r} is not one of {', '.join(entry.label_columns)}"))
+    if cfg.label_map is not None:  # replaces the registry's map of raw label to label (csv/tsv corpora)
+        if not isinstance(cfg.label_map, Mapping) or not cfg.label_map:
+            p.append(Problem("corpus.label_map", f"{cfg.label_map!r} is not a non-empty mapping of raw label to label"))
+        else:
+            p.extend(entry.label_map_problems(cfg.label_map, "corpus.label_map"))
     return p
 
 
@@ -316,6 +322,8 @@ def _plan(cfg: CorpusConfig) -> _Plan:
     if cfg.name:
         entry = get_corpus(cfg.name)
         options = dict(entry.options)
+        if cfg.label_map is not None:  # the config's names for the raw labels replace the registry's
+            options["label_map"] = {str(k): str(v) for k, v in sorted(cfg.label_map.items())}
         label_type = entry.label_type
         if entry.label_columns:
             column = str(cfg.label_column or entry.default_label_column or "").lower()
@@ -895,7 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="csv/tsv label column; trec coarse|fine; conll tag column number; "
                          "conllu column (upos, xpos, deprel, ...; UD_ENGLISH too)")
     rd.add_argument("--label-map", type=_label_map,
-                    help="csv/tsv: rename raw labels, e.g. 0=negative,1=positive (an unlisted label is an error)")
+                    help="csv/tsv: rename raw labels, e.g. 0=negative,1=positive (an unlisted label is an error); "
+                         "for a registered csv/tsv corpus (NSMC) it replaces the registry's names")
     rd.add_argument("--label-prefix", help="fasttext label prefix (default __label__)")
     rd.add_argument("--token-column", type=int, help="conll token column number (default 0)")
     rd.add_argument("--delimiter", help="csv/tsv delimiter (one character, or 'tab')")
