@@ -122,7 +122,8 @@ def test_feature_dropout_keeps_a_feature_of_every_document() -> None:
     assert out.shape == (len(data.examples), 4)
     assert torch.isfinite(out).all() and (out.abs().sum(dim=1) > 0).all()   # an empty bag would be all zeros
     bag.eval()
-    assert torch.equal(bag(batch), bag.bag(batch.ngrams, batch.ngram_offsets))
+    mean = torch.nn.functional.embedding_bag(batch.ngrams, bag.bag.weight, batch.ngram_offsets, mode="mean")
+    assert torch.allclose(bag(batch), mean, atol=1e-6)   # unweighted, the bag is the mean of its vectors
 
 
 def test_chunks_split_the_ngram_bag_consistently() -> None:
@@ -236,3 +237,33 @@ def test_predict_reads_the_raw_text_of_corpus_examples(tmp_path) -> None:
     direct = model.predict(collate(train, [0, 1])).scores
     assert [p.score for p in predict(loaded, morphemes)] == pytest.approx(direct, abs=1e-6)
     assert [p.tokens for p in predict(loaded, morphemes)] == [e.tokens for e in morphemes]
+
+
+def test_feature_weights_follow_idf_and_the_naive_bayes_ratio() -> None:
+    from kftune.nlp.ngrams import feature_weights
+
+    docs = [[0, 1], [0, 2], [0, 1], [0, 3]]     # 0 in every document; 1 only in class 0; 2, 3 in class 1
+    labels = [0, 1, 0, 1]
+    assert feature_weights(docs, labels, 5, 2, "none").tolist() == [1.0] * 5
+    idf = feature_weights(docs, labels, 5, 2, "idf")
+    assert idf[0] == pytest.approx(1.0) and idf[1] < idf[2] == pytest.approx(idf[3]) and idf[4] == idf.max()
+    nb = feature_weights(docs, labels, 5, 2, "nb-idf")
+    assert nb[0] == pytest.approx(0.0, abs=1e-9)   # in every document of both classes: says nothing
+    assert nb[1] > nb[2] > 0                        # seen twice in one class beats once
+    three = feature_weights([[0], [1], [2]], [0, 1, 2], 3, 3, "nb-idf")
+    assert three[0] == pytest.approx(three[1]) == pytest.approx(three[2])   # one-vs-rest: symmetric
+
+
+def test_nb_idf_weights_are_fitted_from_train_and_saved(tmp_path) -> None:
+    torch.manual_seed(0)
+    hp = Hyperparameters.from_mapping({**BAG, "ngram_weighting": "nb-idf"}, "text_classification")
+    encoder, train, _, _ = encode_corpus(CLS, _reviews(), None, hp)
+    model = build_model("text_classification", hp, encoder)
+    assert torch.equal(model.ngram_bag.feature_weights, torch.ones(hp.ngram_buckets))
+    from kftune.nlp.models import fit_to_training_split
+
+    fit_to_training_split(model, train)
+    weights = model.ngram_bag.feature_weights.clone()
+    assert not torch.equal(weights, torch.ones(hp.ngram_buckets))
+    save_model(model, encoder, hp, tmp_path / "model.pt")
+    assert torch.equal(load_model(tmp_path / "model.pt").model.ngram_bag.feature_weights, weights)

@@ -59,7 +59,7 @@ from kftune.nlp.data import (
     task_from_corpus_info,
 )
 from kftune.nlp.embeddings import encode_corpus
-from kftune.nlp.models import Model, build_model
+from kftune.nlp.models import Model, build_model, fit_to_training_split
 from kftune.nlp.predict import autocast_context
 from kftune.nlp.schedulers import build_optimizer, clip_gradients, sparse_parameters
 from kftune.nlp.trainer import dev_score, resolve_autocast, resolve_device
@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DEV_SUBSET = 256
 
 # The hyperparameters that shape the encoded data (vocabularies, truncation, extra id columns).
-_DATA_FIELDS = ("min_word_freq", "max_length", "char_embeddings", "pretrained_embeddings")
+_DATA_FIELDS = ("min_word_freq", "max_length", "char_embeddings", "pretrained_embeddings", "ngram_buckets",
+                "word_ngrams", "char_ngram_min", "char_ngram_max")
 
 
 @dataclass
@@ -104,6 +105,8 @@ class PreparedData:
 def _data_fields(hp: Hyperparameters) -> dict[str, Any]:
     out = {k: getattr(hp, k) for k in _DATA_FIELDS}
     out["char_embeddings"] = hp.char_embeddings != "none"  # only whether chars are encoded matters
+    if not hp.uses_ngrams:   # the n-gram settings shape the encoding only when there is a bag
+        out.update(ngram_buckets=None, word_ngrams=None, char_ngram_min=None, char_ngram_max=None)
     return out
 
 
@@ -132,8 +135,10 @@ def prepare_data(corpus_dir: str | Path, hp: Hyperparameters, *, need_dev: bool 
 def fresh_model(data: PreparedData, hp: Hyperparameters, seed: int, storage_mode: str = "none") -> Model:
     """A newly initialised model for ``data`` (torch's RNG seeded with ``seed`` first)."""
     seed_everything(seed)
-    return build_model(data.task.type, hp, data.encoder, pretrained_weights=data.pretrained_weights,
-                       storage_mode=storage_mode)
+    model = build_model(data.task.type, hp, data.encoder, pretrained_weights=data.pretrained_weights,
+                        storage_mode=storage_mode)
+    fit_to_training_split(model, data.train)
+    return model
 
 
 def steps_per_epoch(data: PreparedData, hp: Hyperparameters) -> int:

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from kftune.core.errors import ConfigError, Problem
 from kftune.nlp.config import Hyperparameters
 from kftune.nlp.crf import CRF
-from kftune.nlp.data import UNK_ID, Batch, TextEncoder
+from kftune.nlp.data import UNK_ID, Batch, EncodedDataset, TextEncoder
 from kftune.nlp.embeddings import (
     CasingEmbedding,
     CharCNNEmbedding,
@@ -88,12 +88,30 @@ class NgramBag(nn.Module):
     handles sparse gradients). ``feature_dropout`` drops each feature of a training document with
     that probability (a document keeps at least one), the bag's counterpart of word dropout."""
 
-    def __init__(self, buckets: int, dim: int, feature_dropout: float = 0.0):
+    def __init__(self, buckets: int, dim: int, feature_dropout: float = 0.0, weighting: str = "none"):
         super().__init__()
-        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True)
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", sparse=True)
         nn.init.uniform_(self.bag.weight, -1.0 / dim, 1.0 / dim)   # fastText's initialisation
         self.feature_dropout = feature_dropout
         self.embedding_length = dim
+        self.weighting = weighting
+        # one weight per bucket (ngrams.feature_weights), set from the training split by fit_weights();
+        # a buffer, so it is saved in the model file and restored from checkpoints
+        self.register_buffer("feature_weights", torch.ones(buckets) if weighting != "none" else torch.ones(0))
+
+    def fit_weights(self, dataset: EncodedDataset) -> None:
+        """Compute the feature weights from the training split (no-op for ``weighting: none``)."""
+        if self.weighting == "none":
+            return
+        from kftune.nlp.ngrams import feature_weights
+
+        if dataset.ngrams is None or dataset.labels is None:
+            raise ValueError("fit_weights needs an encoded training split with n-grams and labels")
+        rows = [dataset.ngrams[i].tolist() for i in dataset.usable]
+        labels = [int(dataset.labels[i]) for i in dataset.usable]
+        weights = feature_weights(rows, labels, self.bag.num_embeddings, int(max(labels, default=0)) + 1,
+                                  self.weighting)
+        self.feature_weights.copy_(torch.from_numpy(weights))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         if batch.ngrams is None or batch.ngram_offsets is None:
@@ -107,7 +125,13 @@ class NgramBag(nn.Module):
             keep |= first
             ids, owner = ids[keep], owner[keep]
             offsets = torch.searchsorted(owner, torch.arange(len(batch.ngram_offsets), device=ids.device))
-        return self.bag(ids, offsets)
+        # a (weighted) mean: sum mode with per-sample weights w_f / (features of the document)
+        counts = torch.diff(offsets, append=torch.tensor([ids.numel()], device=ids.device)).clamp(min=1)
+        share = torch.repeat_interleave(1.0 / counts.float(), torch.diff(
+            offsets, append=torch.tensor([ids.numel()], device=ids.device)))
+        if self.weighting != "none":
+            share = share * self.feature_weights[ids]
+        return self.bag(ids, offsets, per_sample_weights=share)
 
 
 def _run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +160,8 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.embeddings = embeddings
         self.encoder_type = hp.document_encoder
-        self.ngram_bag = (NgramBag(hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout) if hp.uses_ngrams else None)
+        self.ngram_bag = (NgramBag(hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout, hp.ngram_weighting)
+                          if hp.uses_ngrams else None)
         self.word_dropout = WordDropout(hp.word_dropout)
         self.locked_dropout = LockedDropout(hp.locked_dropout)
         self.dropout = nn.Dropout(hp.dropout)
@@ -299,6 +324,15 @@ class SequenceTagger(nn.Module):
 Model = TextClassifier | SequenceTagger
 
 
+def fit_to_training_split(model: Model, train: EncodedDataset) -> None:
+    """Set what a fresh model takes from its training split before the first step: the n-gram bag's
+    feature weights (:meth:`NgramBag.fit_weights`). The trainer and the LR range test call it; a loaded
+    model has them in its state dict."""
+    bag = getattr(model, "ngram_bag", None)
+    if bag is not None:
+        bag.fit_weights(train)
+
+
 def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_weights: torch.Tensor | None = None,
                      storage_mode: str = "none") -> StackedEmbeddings:
     """The embedding stack the hyperparameters ask for. ``pretrained_weights`` (rows aligned with
@@ -320,9 +354,6 @@ def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_we
         else:
             parts.append(("chars", CharCNNEmbedding(len(encoder.chars), hp.char_embedding_dim, hp.char_hidden_size)))
     if hp.casing_embedding_dim > 0:
-        if not encoder.casing:
-            raise ConfigError([Problem("hyperparameters.casing_embedding_dim",
-                                       "the encoder does not encode casing classes (build it with use_casing)")])
         parts.append(("casing", CasingEmbedding(hp.casing_embedding_dim)))
     if hp.transformer is not None:
         parts.append(("transformer", TransformerEmbedding(hp.transformer, freeze=hp.freeze_pretrained)))

@@ -40,7 +40,7 @@ from kftune.nlp.data import (
     collate,
     iterate_batches,
 )
-from kftune.nlp.models import Model
+from kftune.nlp.models import Model, fit_to_training_split
 from kftune.nlp.predict import autocast_context
 from kftune.nlp.schedulers import Schedule, build_optimizer, clip_gradients, sparse_parameters
 
@@ -187,6 +187,7 @@ class Trainer:
         self.stop_requested = stop_requested or (lambda: False)
         self.show_progress = show_progress
         self.eval_batch_size = config.eval_batch_size or 2 * hp.mini_batch_size
+        fit_to_training_split(self.model, train_data)
         self.model.to(self.device)
         if getattr(self.model, "embeddings", None) is not None:
             self.model.embeddings.set_storage_mode(config.embeddings_storage_mode)
