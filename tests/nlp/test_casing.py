@@ -73,12 +73,19 @@ def test_hyperparameters_coerce_and_bound_the_casing_settings() -> None:
         Hyperparameters.from_mapping({"casing_embedding_dim": -1}, "sequence_labeling")
 
 
-def test_model_needs_an_encoder_with_casing() -> None:
-    train = [Example(("Paul",), tags=("B-PER",))]
-    enc = TextEncoder.build(TAG, train, min_word_freq=1, max_length=10, use_chars=True)
-    with pytest.raises(ConfigError, match="casing"):
-        build_model("sequence_labeling", Hyperparameters.from_mapping({"casing_embedding_dim": 4},
-                                                                     "sequence_labeling"), enc)
+def test_casing_ids_are_computed_when_the_encoder_has_none() -> None:
+    train = [Example(("Paul", "went", "to", "ROME"), tags=("B-PER", "O", "O", "B-LOC")), Example(("@x",), tags=("O",))]
+    hp = Hyperparameters.from_mapping({"casing_embedding_dim": 4, "embedding_dim": 0, "char_embeddings": "lstm"},
+                                      "sequence_labeling")
+    with_ids = TextEncoder.build(TAG, train, min_word_freq=1, max_length=10, use_chars=True, use_casing=True)
+    without = TextEncoder.build(TAG, train, min_word_freq=1, max_length=10, use_chars=True)
+    torch.manual_seed(0)
+    model = build_model("sequence_labeling", hp, without).eval()
+    a = collate(with_ids.encode(train, "a"), [0, 1])
+    b = collate(without.encode(train, "b"), [0, 1])
+    assert b.casing is None
+    emb = model.embeddings.embeddings["casing"]
+    assert torch.equal(emb(a), emb(b))
 
 
 def test_tagger_trains_with_casing_and_reloads_identically(tmp_path: Path) -> None:

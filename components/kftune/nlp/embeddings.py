@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.nlp.data import (CASING_CLASSES, PAD, UNK, UNK_ID, Batch, EncodedDataset, Example, PretrainedVocabulary,
-                             TaskInfo, TextEncoder)
+                             TaskInfo, TextEncoder, casing_class)
 from kftune.nlp.ngrams import NgramSpec
 
 if TYPE_CHECKING:
@@ -72,7 +72,9 @@ class PretrainedWordEmbedding(TokenEmbedding):
 class CasingEmbedding(TokenEmbedding):
     """A small trainable embedding of each token's word-shape class (:func:`kftune.nlp.data.casing_class`:
     lower, Initial cap, ALL CAPS, mixed, digits, punctuation, @mention, #hashtag, URL, other), the casing
-    feature of Lample et al. (2016) and Flair; with lower-cased word embeddings it carries the case."""
+    feature of Lample et al. (2016) and Flair; with lower-cased word embeddings it carries the case.
+    The ids come from the batch (an encoder built with ``use_casing``); a batch without them (an encoder
+    built without) gets them computed from its tokens, with the same result."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -80,9 +82,13 @@ class CasingEmbedding(TokenEmbedding):
         self.embedding_length = dim
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        if batch.casing is None:
-            raise DataError("the batch has no casing ids; encode it with the model's encoder")
-        return self.embedding(batch.casing)
+        ids = batch.casing
+        if ids is None:
+            ids = torch.zeros(batch.words.shape, dtype=torch.long)
+            for b, toks in enumerate(batch.tokens):
+                ids[b, :len(toks)] = torch.tensor([casing_class(t) for t in toks], dtype=torch.long)
+            ids = ids.to(batch.words.device)
+        return self.embedding(ids)
 
 
 class _CharEncoderBase(TokenEmbedding):
