@@ -56,10 +56,10 @@ def test_every_example_prints_an_experiment_katib_reads_back(path, capsys):
 
 
 def test_numbers_stay_strings_for_yaml_1_2_readers(capsys):
-    """kubectl reads ``min: 1e-4`` as a float (YAML 1.2); Katib needs the string."""
+    """kubectl reads ``min: 2e-3`` as a float (YAML 1.2); Katib needs the string."""
     code, out, _ = run(capsys, str(ROOT / "examples/wnut17.yaml"))
     assert code == 0
-    assert "min: '1e-4'" in out and "max: '1e-2'" in out and "min: '0.0'" in out
+    assert "min: '2e-3'" in out and "max: '1e-2'" in out and "min: '0.0'" in out   # examples/wnut17.yaml
     float_12 = re.compile(r"^\s*-?\s*[\w]+: ([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)$")
     for line in out.splitlines():
         m = float_12.match(line)

@@ -324,7 +324,7 @@ def test_lr_range_result_replaces_the_learning_rate_space():
 
 def test_lr_range_without_a_range_leaves_the_space():
     exp = export_experiment(example("wnut17"), GPU_POD, lr_result={"method": "valley", "lr": None, "range": None})
-    assert exp.body["spec"]["parameters"][0]["feasibleSpace"] == {"min": "1e-4", "max": "1e-2",
+    assert exp.body["spec"]["parameters"][0]["feasibleSpace"] == {"min": "2e-3", "max": "1e-2",   # the example's
                                                                    "distribution": "logUniform"}
 
 
