@@ -49,7 +49,7 @@ RUN if [ -z "${KFTUNE_VERSION}" ]; then \
         echo "pass --build-arg KFTUNE_VERSION=<version> (images/build.sh does)" >&2; exit 1; \
     fi \
     && python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
-    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt /tmp/wheels/kftune-*.whl \
+    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword]" \
     && rm -r /tmp/torch-constraint.txt /tmp/wheels \
     && python -c 'import torch, kftune' \
     && installed="$(kftune --version)" \

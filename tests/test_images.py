@@ -170,6 +170,8 @@ def test_dockerfile_is_multistage_non_root_and_version_tagged(kind: str) -> None
     assert len(install) == 1 and "rm -r /tmp/torch-constraint.txt /tmp/wheels" in install[0]
     # torch stays the one installed before (CPU wheel) or shipped by the base (CUDA)
     assert "--constraint /tmp/torch-constraint.txt" in install[0]
+    # with the tokenizer extras, so an NSMC spec (Korean morphemes) runs in the image
+    assert "[korean,subword]" in install[0]
     # the tag's version must be the wheel's: passed in, labelled, checked at build time
     assert "ARG KFTUNE_VERSION" in final
     assert any('org.opencontainers.image.version="${KFTUNE_VERSION}"' in line for line in final)
