@@ -541,7 +541,8 @@ def render_plot(report: Mapping[str, Any], path: Path) -> None:
 
     jobs = report.get("jobs") or {}
     names = [n for n in JOBS if n in jobs]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names) + 2), 4.5))
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(max(9.0, 2.4 * len(names) + 3), 4.5),
+                                     gridspec_kw={"width_ratios": [3, 2]})
     width = 0.26
     for i, name in enumerate(names):
         r = jobs[name].get("run") or {}
@@ -563,6 +564,19 @@ def render_plot(report: Mapping[str, Any], path: Path) -> None:
     ax.set_title("tuned vs baseline vs literature (hatched: unverified figure)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    # the difference the targets are about, on a scale where a point is visible
+    gaps = [(n, (jobs[n].get("run") or {}).get("tuned"), ((jobs[n].get("run") or {}).get("baseline") or {}).get("score"))
+            for n in names]
+    gaps = [(n, 100 * (t - b)) for n, t, b in gaps if t is not None and b is not None]
+    gap_ax.bar(range(len(gaps)), [g for _, g in gaps], color=["#2ca02c" if g >= 0 else "#d62728" for _, g in gaps])
+    for k, (_, g) in enumerate(gaps):
+        gap_ax.text(k, g, f"{g:+.2f}", ha="center", va="bottom" if g >= 0 else "top", fontsize=8)
+    gap_ax.axhline(0, color="black", linewidth=0.8)
+    gap_ax.set_xticks(list(range(len(gaps))))
+    gap_ax.set_xticklabels([n for n, _ in gaps], fontsize=8)
+    gap_ax.set_ylabel("tuned minus baseline (points)")
+    gap_ax.set_title("same split, same run", fontsize=10)
+    gap_ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
