@@ -109,7 +109,8 @@ def resolve_spec(
 
     if not isinstance(corpus, str):
         problems.append(Problem("parameter corpus", f"{corpus!r} is not a string"))
-    elif corpus.strip():
+    elif corpus.strip() and corpus.strip() not in (section("corpus").get("name"), section("corpus").get("uri")):
+        # another corpus than the spec's (the spec's own keeps every setting: tokenizer, labelMap, ...)
         value = corpus.strip()
         block = section("corpus")
         keep = {k: block[k] for k in ("downsample", "devFraction", "seed") if k in block}

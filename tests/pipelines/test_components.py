@@ -103,6 +103,28 @@ def test_a_registered_corpus_label_map_reaches_the_corpus_step(tmp_path: Path) -
     assert CorpusConfig(out=str(tmp_path / "c"), **settings).problems() == []
 
 
+def test_the_spec_s_own_corpus_as_the_corpus_parameter_keeps_every_corpus_setting(tmp_path: Path) -> None:
+    """kftune run and kftune submit pass the spec's corpus name as the corpus parameter (the KFP UI shows it);
+    that must not replace the corpus block (it dropped tokenizer and labelMap: NSMC's labels came out as
+    negative/positive). Another corpus still replaces it."""
+    from kftune.core.spec import job_to_dict
+    from kftune.pipelines.pipeline import arguments_for_spec
+
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    spec["spec"]["corpus"] = {"name": "NSMC", "tokenizer": "subword", "labelMap": {"0": "부정", "1": "긍정"},
+                              "downsample": 0.1}
+    arguments = arguments_for_spec(parse_spec(spec), run_id="r1", cluster=False)
+    assert arguments["corpus"] == "NSMC"
+    out = resolve({**arguments, "store": "/tmp/unused"}, 0, str(tmp_path / "job_spec.json"))
+    effective = json.loads((tmp_path / "job_spec.json").read_text())
+    assert effective["spec"]["corpus"] == job_to_dict(parse_spec(spec))["spec"]["corpus"]
+    settings = json.loads(out.corpus_config)
+    assert settings["label_map"] == {"0": "부정", "1": "긍정"} and settings["tokenizer"] == "subword"
+    _, other = _resolve(tmp_path, spec, corpus="TREC_6")
+    assert other["spec"]["corpus"]["name"] == "TREC_6" and other["spec"]["corpus"]["downsample"] == 0.1
+    assert "labelMap" not in other["spec"]["corpus"] and "tokenizer" not in other["spec"]["corpus"]
+
+
 @pytest.mark.parametrize("name, value, path", [
     ("max_trials", -1, "parameter max_trials"), ("downsample", 1.5, "parameter downsample"),
     ("seed", -2, "parameter seed"), ("store", " ", "parameter store"), ("run_id", "a/b", "parameter run_id"),
