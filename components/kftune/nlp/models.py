@@ -126,9 +126,8 @@ class NgramBag(nn.Module):
             ids, owner = ids[keep], owner[keep]
             offsets = torch.searchsorted(owner, torch.arange(len(batch.ngram_offsets), device=ids.device))
         # a (weighted) mean: sum mode with per-sample weights w_f / (features of the document)
-        counts = torch.diff(offsets, append=torch.tensor([ids.numel()], device=ids.device)).clamp(min=1)
-        share = torch.repeat_interleave(1.0 / counts.float(), torch.diff(
-            offsets, append=torch.tensor([ids.numel()], device=ids.device)))
+        lengths = torch.diff(offsets, append=torch.tensor([ids.numel()], device=ids.device))
+        share = torch.repeat_interleave(1.0 / lengths.clamp(min=1).float(), lengths)
         if self.weighting != "none":
             share = share * self.feature_weights[ids]
         return self.bag(ids, offsets, per_sample_weights=share)
