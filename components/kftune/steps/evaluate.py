@@ -46,6 +46,7 @@ from kftune._progress import Progress
 from kftune._version import __version__
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.io.metrics import MetricsSink
+from kftune.nlp.baseline import BASELINE_FILE
 from kftune.nlp.evaluation import EvaluationResult, confusion_matrix_png, evaluate_predictions, render_markdown
 from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
@@ -56,7 +57,6 @@ DEVICES = ("auto", "cpu", "cuda")
 TASK_TYPES = ("text_classification", "sequence_labeling")
 RESULT_FILE, REPORT_FILE, PNG_FILE, PREDICTIONS_FILE = ("result.json", "report.md", "confusion_matrix.png",
                                                         "predictions.jsonl")
-BASELINE_FILE = "baseline.json"
 PREDICT_CHUNK = 2048
 """Sentences handed to ``predict`` per call (batches are formed inside a chunk; progress per chunk)."""
 
