@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trial": ("kftune.steps.trial", "train one assignment for a budget; writes one trial record (Katib trial entry point)"),
     "evaluate": ("kftune.steps.evaluate", "score a trained model on a split: metrics, report, confusion matrix"),
     "report": ("kftune.steps.report", "the final report: corpus card, LR curve, trials, training, evaluation"),
+    "predict": ("kftune.commands.predict", "predict with a trained model: text, a file or stdin in, JSONL out"),
+    "serve": ("kftune.serving.server", "serve a trained model over HTTP (KServe V1/V2 protocols and POST /predict)"),
     "compile": ("kftune.commands.compile", "compile the pipelines to YAML (--check: fail if the committed YAML differs)"),
     "katib": ("kftune.commands.katib", "print a Katib Experiment for the spec (coarse/fine phases for coarse-to-fine)"),
     "submit": ("kftune.commands.submit", "create a run on a Kubeflow Pipelines host (--wait to follow it)"),

@@ -188,6 +188,11 @@ def _summary_lines(summary: dict[str, Any], out: Path, seconds: float) -> list[s
     if trials:
         lines.append(f"  trials:          {trials['total']} ({trials['completed']} completed, {trials['pruned']} "
                      f"pruned, {trials['failed']} failed)")
+    model_uri = (summary.get("final_training") or {}).get("model_uri")
+    if model_uri:
+        lines.append(f"  model:           {model_uri}")
+        lines.append(f"  use it:          kftune predict --model {model_uri} --text '...'  |  "
+                     f"kftune serve --model {model_uri}")
     report = summary.get("report") or {}
     if report:
         lines.append(f"  report:          {report.get('html')}")

@@ -54,6 +54,15 @@ class LoadedModel:
         """The label (or tag) names the model can output, without ``<unk>``."""
         return self.encoder.labels.itos[1:]
 
+    @property
+    def raw_labels(self) -> dict[str, str]:
+        """Each label the model predicts -> the label as the corpus files write it, for corpora whose spec
+        maps raw labels to names (``corpus.labelMap``, e.g. NSMC's ``"0" -> "부정"``); empty otherwise."""
+        label_map = self.metadata.get("label_map")
+        if not isinstance(label_map, dict):
+            return {}
+        return {str(name): str(raw) for raw, name in label_map.items()}
+
 
 def model_payload(model: Model, encoder: TextEncoder, hp: Hyperparameters,
                   metadata: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None
@@ -107,8 +116,10 @@ def _read_bytes(uri: str) -> bytes:
         root, _, key = uri.rpartition("/")
         return open_store(root).get_bytes(key)
     path = Path(uri.removeprefix("file://"))
+    if path.is_dir():  # a model directory (KServe's /mnt/models): the model.pt in it
+        path = path / "model.pt"
     if not path.is_file():
-        raise ArtifactNotFoundError(uri)
+        raise ArtifactNotFoundError(str(path))
     return path.read_bytes()
 
 

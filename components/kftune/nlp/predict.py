@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -135,3 +135,79 @@ def predict(model: LoadedModel, sentences: Sequence[str] | Sequence[Sequence[str
         scores[o] += list(p.tag_scores or ())
     return [Prediction(tokens=toks, tags=tuple(tags[i]), tag_scores=tuple(scores[i]))
             for i, toks in enumerate(token_lists)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Records: the JSON that `kftune predict` writes and `kftune serve` answers (one shape for both)
+
+
+@dataclass(frozen=True)
+class Span:
+    """An entity span of a tagged sentence: its type and token positions (``end`` exclusive)."""
+
+    type: str
+    start: int
+    end: int
+
+
+def tag_spans(tags: Sequence[str], scheme: str | None = "BIO") -> list[Span]:
+    """The spans that BIO / BIOES tags mark, as conlleval reads them: an ``I-`` (or ``E-``) that does not
+    continue a span of its type starts one, ``S-`` is a one-token span, ``O`` (or any tag without a
+    ``B-/I-/E-/S-`` prefix when a scheme is given) ends the current one. ``scheme=None`` (POS-like tags):
+    no spans."""
+    if scheme is None:
+        return []
+    spans: list[Span] = []
+    kind: str | None = None
+    start = 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, name = tag.partition("-")
+        if not name or prefix not in ("B", "I", "E", "S"):
+            prefix, name = "O", ""
+        if kind is not None and (prefix in ("B", "S", "O") or name != kind):
+            spans.append(Span(kind, start, i))
+            kind = None
+        if prefix == "S":
+            spans.append(Span(name, i, i + 1))
+        elif prefix in ("B", "I", "E") and kind is None:
+            kind, start = name, i
+        if prefix == "E" and kind is not None:
+            spans.append(Span(kind, start, i + 1))
+            kind = None
+    return spans
+
+
+def prediction_record(pred: Prediction, *, top_k: int | None = None, raw_labels: Mapping[str, str] | None = None,
+                      tag_scheme: str | None = None) -> dict[str, Any]:
+    """One prediction as JSON.
+
+    Classification: ``label`` (the name the model predicts: the spec's ``labelMap`` name, e.g. ``부정``),
+    ``raw_label`` (the label as the corpus files write it, e.g. ``"0"``; the same as ``label`` without a
+    label map), ``score`` (its probability) and ``probabilities`` (the ``top_k`` most probable labels, all
+    when ``None``, most probable first). An empty text gives ``label: null, score: 0.0``.
+
+    Tagging: ``tokens``, ``tags``, ``tag_scores`` and ``spans`` (``type``, token ``start``/``end``
+    (exclusive), ``text`` (the tokens joined by spaces) and ``score`` (the mean of its tokens' tag scores)).
+    """
+    if pred.tags is None:
+        if pred.label == UNK_LABEL and not pred.scores:
+            return {"label": None, "raw_label": None, "score": 0.0, "probabilities": {}}
+        ranked = sorted((pred.scores or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        if top_k is not None:
+            ranked = ranked[:top_k]
+        label = str(pred.label)
+        return {"label": label, "raw_label": (raw_labels or {}).get(label, label), "score": pred.score,
+                "probabilities": dict(ranked)}
+    scores = list(pred.tag_scores or ())
+    spans = [{"type": s.type, "start": s.start, "end": s.end, "text": " ".join(pred.tokens[s.start:s.end]),
+              "score": sum(scores[s.start:s.end]) / (s.end - s.start) if scores else None}
+             for s in tag_spans(pred.tags, tag_scheme)]
+    return {"tokens": list(pred.tokens), "tags": list(pred.tags), "tag_scores": scores, "spans": spans}
+
+
+def predict_records(model: LoadedModel, texts: Sequence[str], *, batch_size: int = 64,
+                    top_k: int | None = None) -> list[dict[str, Any]]:
+    """:func:`predict` on raw texts, as :func:`prediction_record` s (what the CLI writes and the server answers)."""
+    preds = predict(model, list(texts), batch_size=batch_size)
+    raw, scheme = model.raw_labels, model.task.tag_scheme
+    return [prediction_record(p, top_k=top_k, raw_labels=raw, tag_scheme=scheme) for p in preds]

@@ -270,6 +270,9 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                 "run": best_fit_index + 1, "status": status, "corpus": info.get("name"),
                 "corpus_splits": {s: (info.get("splits", {}).get(s) or {}).get("sha256") for s in SPLITS},
                 "trainer": tcfg.to_dict()}
+    label_map = ((info.get("source") or {}).get("reader_options") or {}).get("label_map")
+    if isinstance(label_map, dict) and label_map:  # raw label -> the name the model predicts (the spec's labelMap)
+        metadata["label_map"] = {str(k): str(v) for k, v in label_map.items()}
     with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
         local = Path(tmp) / "model.pt"
         seed_everything(tcfg.seed)
