@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build (and optionally push) the kftune images, tagged from the package version.
 #
-#   images/build.sh                      # build both: <registry>/kftune:<version>-cpu and -cuda
-#   images/build.sh --kind cpu --push    # build the CPU image and push it
+#   images/build.sh                      # build all four: <registry>/kftune:<version>-{cpu,cuda}
+#                                        #   and <registry>/kftune-serving:<version>-{cpu,cuda}
+#   images/build.sh --kind cpu --push    # build the CPU images and push them
+#   images/build.sh --target serving     # only the model-server images (kftune-serving)
 #   images/build.sh --print              # only print the image references it would build
 #   images/build.sh -- --build-arg TORCH_VERSION=2.13.0   # anything after -- goes to the builder
 #
@@ -13,10 +15,13 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 options:
-  --kind cpu|cuda|all   which image(s) to build (default: all)
+  --kind cpu|cuda|all   which kind(s) to build: CPU, CUDA or both (default: all)
+  --target runtime|serving|all
+                        which image(s) of each kind: runtime (kftune, the pipeline steps and
+                        trials), serving (kftune-serving, the model server) or both (default: all)
   --registry REGISTRY   registry and path, e.g. ghcr.io/kftune or localhost:5000 (default: see above)
   --builder docker|podman
   --push                push each image after building it
@@ -29,6 +34,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION_FILE="$ROOT/components/kftune/_version.py"
 
 KIND=all
+TARGET=all
 REGISTRY="${KFTUNE_IMAGE_REGISTRY:-}"
 BUILDER="${CONTAINER_BUILDER:-}"
 PUSH=0
@@ -39,6 +45,7 @@ EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --kind) KIND="${2:?--kind needs cpu, cuda or all}"; shift 2 ;;
+        --target) TARGET="${2:?--target needs runtime, serving or all}"; shift 2 ;;
         --registry) REGISTRY="${2:?--registry needs a value}"; shift 2 ;;
         --builder) BUILDER="${2:?--builder needs docker or podman}"; shift 2 ;;
         --push) PUSH=1; shift ;;
@@ -67,10 +74,23 @@ case "$KIND" in
     *) echo "build.sh: --kind must be cpu, cuda or all, not '$KIND'" >&2; exit 2 ;;
 esac
 
-image_ref() { echo "$REGISTRY/kftune:$TAG_VERSION-$1"; }
+case "$TARGET" in
+    all) TARGETS=(runtime serving) ;;
+    runtime|serving) TARGETS=("$TARGET") ;;
+    *) echo "build.sh: --target must be runtime, serving or all, not '$TARGET'" >&2; exit 2 ;;
+esac
+
+# The repository of each Dockerfile target (as kftune._image.image_name does).
+image_ref() {
+    local name=kftune
+    if [ "$2" = serving ]; then name=kftune-serving; fi
+    echo "$REGISTRY/$name:$TAG_VERSION-$1"
+}
 
 if [ "$PRINT" = 1 ]; then
-    for kind in "${KINDS[@]}"; do image_ref "$kind"; done
+    for kind in "${KINDS[@]}"; do
+        for target in "${TARGETS[@]}"; do image_ref "$kind" "$target"; done
+    done
     exit 0
 fi
 
@@ -95,16 +115,21 @@ run() {
     fi
 }
 
+# Runtime before serving: the serving target starts from the runtime stage, which the builder's
+# cache then holds already.
 for kind in "${KINDS[@]}"; do
-    ref="$(image_ref "$kind")"
-    echo "build.sh: building $ref (kftune $VERSION) with $BUILDER" >&2
-    run "$BUILDER" build \
-        --file "$ROOT/images/$kind.Dockerfile" \
-        --build-arg "KFTUNE_VERSION=$VERSION" \
-        --tag "$ref" \
-        "${EXTRA[@]}" \
-        "$ROOT"
-    if [ "$PUSH" = 1 ]; then
-        run "$BUILDER" push "$ref"
-    fi
+    for target in "${TARGETS[@]}"; do
+        ref="$(image_ref "$kind" "$target")"
+        echo "build.sh: building $ref (kftune $VERSION, target $target) with $BUILDER" >&2
+        run "$BUILDER" build \
+            --file "$ROOT/images/$kind.Dockerfile" \
+            --target "$target" \
+            --build-arg "KFTUNE_VERSION=$VERSION" \
+            --tag "$ref" \
+            "${EXTRA[@]}" \
+            "$ROOT"
+        if [ "$PUSH" = 1 ]; then
+            run "$BUILDER" push "$ref"
+        fi
+    done
 done

@@ -1,10 +1,15 @@
-# kftune, CUDA image: the PyTorch CUDA runtime image (torch, CUDA and cuDNN come with it) + the kftune wheel.
+# kftune, CUDA images: the PyTorch CUDA runtime image (torch, CUDA and cuDNN come with it) + the kftune wheel.
 #
-# Build it with images/build.sh, which passes KFTUNE_VERSION (read from components/kftune/_version.py)
-# and tags the result <registry>/kftune:<version>-cuda. By hand, from the repository root:
+# Two targets: `runtime` (the default) is the kftune image that runs the pipeline steps and Katib
+# trials; `serving` adds the `serve` extra (KServe) and runs the model server (`kftune serve`).
+# Build them with images/build.sh, which passes KFTUNE_VERSION (read from components/kftune/_version.py)
+# and tags them <registry>/kftune:<version>-cuda and <registry>/kftune-serving:<version>-cuda. By hand,
+# from the repository root:
 #
-#   docker build -f images/cuda.Dockerfile --build-arg KFTUNE_VERSION=<version> \
+#   docker build -f images/cuda.Dockerfile --build-arg KFTUNE_VERSION=<version> --target runtime \
 #       -t ghcr.io/kftune/kftune:<version>-cuda .
+#   docker build -f images/cuda.Dockerfile --build-arg KFTUNE_VERSION=<version> --target serving \
+#       -t ghcr.io/kftune/kftune-serving:<version>-cuda .
 #
 # torch is never installed a second time: the install is constrained to the torch the base image
 # ships, so pip fails instead of replacing it. To move to another PyTorch/CUDA release, change
@@ -23,8 +28,8 @@ WORKDIR /src
 COPY . .
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# ---- final: the PyTorch CUDA runtime (no nvcc, no compiler) plus kftune ------------------------------
-FROM ${PYTORCH_IMAGE}
+# ---- runtime: the kftune image; the PyTorch CUDA runtime (no nvcc, no compiler) plus kftune ---------
+FROM ${PYTORCH_IMAGE} AS runtime
 ARG KFTUNE_VERSION
 
 LABEL org.opencontainers.image.title="kftune" \
@@ -63,3 +68,35 @@ WORKDIR /home/kftune
 
 ENTRYPOINT ["kftune"]
 CMD ["--help"]
+
+# ---- serving: the runtime plus the `serve` extra (KServe's model server), running `kftune serve` ------
+# KServe runs it as an InferenceService's predictor container: its storage initializer downloads the
+# storageUri (e.g. s3://kftune/tuning/runs/<run>/final/model.pt) into /mnt/models first. The default
+# command serves what is there on 0.0.0.0:8080 (the InferenceService passes its own arguments).
+FROM runtime AS serving
+ARG KFTUNE_VERSION
+
+LABEL org.opencontainers.image.title="kftune-serving" \
+      org.opencontainers.image.description="Serve a model tuned by kftune over HTTP: KServe V1/V2 protocols and POST /predict (CUDA image)" \
+      org.opencontainers.image.version="${KFTUNE_VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# The same wheel again, now with the serve extra: kftune itself is already installed (pip keeps it), so
+# this adds KServe and its dependencies, with torch pinned as above. Then check the server starts.
+USER 0:0
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
+    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword,serve]" \
+    && rm -r /tmp/torch-constraint.txt /tmp/wheels \
+    && python -c 'import torch, kftune, kserve' \
+    && kftune serve --help > /dev/null
+
+USER 10001:10001
+WORKDIR /home/kftune
+EXPOSE 8080
+
+ENTRYPOINT ["kftune", "serve"]
+CMD ["--model", "/mnt/models", "--host", "0.0.0.0", "--port", "8080"]
+
+# ---- the default target: the kftune image (what a build without --target makes) ---------------------
+FROM runtime

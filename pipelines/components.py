@@ -22,7 +22,10 @@ Data flow (see :mod:`kftune.pipelines.pipeline`):
   (:func:`kftune.steps.trial.run`) and writes its record to the store; the last round re-trains the
   finalists;
 - ``select-best`` names the winner (:func:`kftune.core.search_policy.select_best`),
-  ``final-training`` trains it, ``evaluate`` scores it on the test split, ``report`` writes the report.
+  ``final-training`` trains it (and returns the model's URI in the store), ``evaluate`` scores it on
+  the test split, ``report`` writes the report;
+- ``deploy`` (only when the run's ``deploy`` parameter is true) creates or patches the KServe
+  InferenceService that serves the final model (:func:`kftune.steps.deploy.run`).
 
 Data inside a ``ParallelFor`` travels in the loop items and in artifacts only: KFP 2.17's local runner
 replaces every task-output *parameter* that enters a loop by the loop item (see docs/design/kfp.md), so
@@ -550,9 +553,9 @@ def final_training(
     model: Output[Model],
     curve: Output[HTML],
     metrics: Output[Metrics],
-):
+) -> str:
     """Train the final model with the winner's hyperparameters (spec.model plus the winner's
-    assignment) for train.maxEpochs.
+    assignment) for train.maxEpochs; returns the model's URI in the store (runs/<run_id>/final/model.pt).
 
     Checkpoints go to the store (runs/<run_id>/final/), so a retried task continues from the last
     epoch; the model directory holds model.pt, result.json, loss.tsv and training_curve.png.
@@ -601,6 +604,7 @@ def final_training(
         f"<html><body><h1>Final training</h1><p>dev score {result.dev_score:.4f}, best epoch {result.best_epoch} "
         f"of {result.epochs} ({html.escape(result.status)})</p>{image}<h2>Hyperparameters</h2>"
         f"<table>{rows}</table></body></html>\n", encoding="utf-8")
+    return result.model_uri or f"{out}/model.pt"
 
 
 def evaluate(
@@ -687,13 +691,67 @@ def report(
     return json.dumps(summary, sort_keys=True)
 
 
+def deploy(
+    job_spec: Input[Artifact],
+    model_uri: str,
+    service_name: str,
+    namespace: str,
+    image: str,
+    registry: str,
+    gpus: int,
+    node_selector: dict,
+    tolerations: list,
+    timeout: int,
+    service: Output[Markdown],
+) -> str:
+    """Serve the final model with KServe: create or patch its InferenceService (kftune deploy), then
+    wait until KServe reports it Ready; returns the service (name, namespace, action, URL) as JSON.
+
+    The run's ServiceAccount needs get, create and patch on inferenceservices.serving.kserve.io
+    (manifests/base/rbac/deployer-role.yaml); the InferenceService's own ServiceAccount (kftune-serving)
+    holds the store's credentials for KServe's storage initializer.
+
+    Args:
+        model_uri: The final model's URI in the store (final-training's output).
+        service_name: The InferenceService's name; empty: made from the TuningJob's name.
+        namespace: The InferenceService's namespace; empty: the run's own.
+        image: The serving image; empty: this release's kftune-serving image (cpu, or cuda with GPUs).
+        registry: Registry of the default serving image (set when the pipeline is compiled).
+        gpus: GPUs of the model server; 0 serves on CPU.
+        node_selector: Node labels the model server's pod must match (with GPUs only).
+        tolerations: Tolerations of the model server's pod (with GPUs only; empty: the GPU nodes' taint).
+        timeout: Seconds to wait until the InferenceService is Ready; 0 does not wait.
+    """
+    import json
+    from pathlib import Path
+
+    from kftune.steps import deploy as step
+
+    job = json.loads(Path(job_spec.path).read_text(encoding="utf-8"))
+    name = service_name.strip() or step.service_name_for(job["metadata"]["name"])
+    result = step.run(step.DeployConfig(
+        name=name, model=model_uri, namespace=namespace.strip(), image=image.strip() or None,
+        registry=registry or None, gpus=gpus, node_selector=dict(node_selector) if gpus else {},
+        tolerations=tuple(tolerations) if gpus and tolerations else None, wait=timeout > 0,
+        timeout=float(timeout) if timeout > 0 else 600.0))
+    state = {True: "Ready", False: "not ready yet", None: "not waited for"}[result.ready]
+    lines = [f"# InferenceService {result.namespace}/{result.name}", "",
+             f"{result.action.capitalize()}: serves `{result.model}` with `{result.image}` ({state}).", ""]
+    if result.url:
+        lines += [f"URL: {result.url}", "", f"- KServe V1: `POST {result.url}/v1/models/{result.name}:predict`",
+                  f"- Open Inference Protocol (V2): `POST {result.url}/v2/models/{result.name}/infer`",
+                  f"- plain: `POST {result.url}/predict`"]
+    Path(service.path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return json.dumps(result.to_dict(), sort_keys=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # Making components with an image
 # --------------------------------------------------------------------------------------------------
 
 #: The component functions, in pipeline order. ``trial`` and ``final_training`` use the accelerator image.
 FUNCTIONS = (resolve_spec, prepare_corpus, lr_range_test, suggest, trial, select_best, final_training, evaluate,
-             report)
+             report, deploy)
 ACCELERATED = ("trial", "final_training")
 
 
@@ -709,6 +767,7 @@ class Components(NamedTuple):
     final_training: object
     evaluate: object
     report: object
+    deploy: object
 
 
 def make_components(image: str, accelerator_image: str | None = None) -> Components:

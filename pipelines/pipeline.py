@@ -5,6 +5,7 @@
                                          -> trial-batch: ParallelFor(batch) -> trial   (width = parallel_trials)
                                       -> Collected -> next round's suggest
         -> finalists round (same shape) -> select-best -> final-training -> evaluate -> report
+        -> If(deploy): deploy (a KServe InferenceService serving final-training's model)
 
 Why this shape (measured with kfp 2.17, docs/design/kfp.md):
 
@@ -28,6 +29,12 @@ Why this shape (measured with kfp 2.17, docs/design/kfp.md):
   ``KFTUNE_S3_*`` environment variables on every task, never from parameters.
 - Caching is on for corpus preparation only; trial tasks retry (infrastructure failures: a trial that
   fails in training is a result, not an error).
+- **Deploying is off by default.** With ``deploy`` true, a ``dsl.If`` branch after the report runs
+  ``deploy``, which creates or patches the InferenceService ``deploy_service_name`` (empty: the
+  TuningJob's name) in ``deploy_namespace`` (empty: the run's namespace) to serve final-training's
+  model from the store, in ``serving_image`` (empty: this release's ``kftune-serving`` image from the
+  compile-time registry); the GPU variant gives it ``deploy_gpus`` GPUs and the trials' node selector
+  and tolerations. ``kftune run`` leaves it off (a local store cannot be served by a cluster).
 """
 
 import json
@@ -91,8 +98,12 @@ DEFAULT_SPEC: dict[str, Any] = {
 #: Pipeline parameters that every variant has, in the order ``kftune run``/``submit`` map a spec to them.
 PARAMETERS = ("spec", "corpus", "downsample", "max_trials", "parallel_trials", "max_epochs", "seed", "store",
               "run_id", "warm_start")
+#: Parameters of the optional deploy step (every variant; left at their defaults, nothing is deployed).
+DEPLOY_PARAMETERS = ("deploy", "deploy_service_name", "deploy_namespace", "serving_image", "deploy_timeout")
 #: The GPU variant's extra parameters.
-GPU_PARAMETERS = ("trial_gpus", "final_gpus", "node_selector", "tolerations")
+GPU_PARAMETERS = ("trial_gpus", "final_gpus", "node_selector", "tolerations", "deploy_gpus")
+#: Seconds the deploy step waits for the InferenceService to be Ready (pull, model download, load).
+DEFAULT_DEPLOY_TIMEOUT = 900
 
 
 def pipeline_name(variant: str) -> str:
@@ -146,8 +157,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
             return dsl.Collected(t.outputs["Output"])
 
     def body(spec: str, corpus: str, downsample: float, max_trials: int, parallel_trials: int, max_epochs: int,
-             seed: int, store: str, run_id: str, warm_start: bool, gpu_args: dict[str, Any],
-             final_gpus: Any = None) -> Any:
+             seed: int, store: str, run_id: str, warm_start: bool, gpu_args: dict[str, Any], deploy: Any,
+             deploy_args: dict[str, Any], final_gpus: Any = None) -> Any:
         resolved = c.resolve_spec(spec=spec, corpus=corpus, downsample=downsample, max_trials=max_trials,
                                   parallel_trials=parallel_trials, max_epochs=max_epochs, seed=seed, store=store,
                                   run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_rounds=search_rounds)
@@ -197,17 +208,25 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                         evaluation=scored.outputs["evaluation"], run_id=the_run, store=the_store)
         _plain(done)
         _store_env(done)
+        with dsl.If(deploy == True, name="if-deploy"):  # noqa: E712 - a KFP condition on the parameter, not a bool
+            served = c.deploy(job_spec=job_spec, model_uri=final.outputs["Output"], registry=serving_registry,
+                              **deploy_args)
+            served.after(done)
+            _plain(served)  # it reads no store: no credentials
         return done.outputs["Output"]
 
     name = pipeline_name(variant)
     spec_default = json.dumps(DEFAULT_SPEC, sort_keys=True)
+    serving_registry = _image.image_registry(registry)
     if gpu:
         @dsl.pipeline(name=name, description=_DESCRIPTION.format(variant="GPU", rounds=search_rounds))
         def kftune_pipeline(spec: str = spec_default, corpus: str = "", downsample: float = 0.0, max_trials: int = 0,
                             parallel_trials: int = 0, max_epochs: int = 0, seed: int = -1, store: str = DEFAULT_STORE,
                             run_id: str = "", warm_start: bool = False, trial_gpus: int = 1, final_gpus: int = 1,
                             node_selector: dict = {},  # noqa: B006 - KFP reads the default; nothing mutates it
-                            tolerations: list = DEFAULT_TOLERATIONS) -> str:
+                            tolerations: list = DEFAULT_TOLERATIONS, deploy: bool = False,
+                            deploy_service_name: str = "", deploy_namespace: str = "", serving_image: str = "",
+                            deploy_timeout: int = DEFAULT_DEPLOY_TIMEOUT, deploy_gpus: int = 1) -> str:
             """Tune a PyTorch text classifier or sequence tagger (GPU trials).
 
             Args:
@@ -229,15 +248,28 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                 node_selector: Node labels the trial and final-training pods must match, e.g.
                     {"nvidia.com/gpu.present": "true"}.
                 tolerations: Tolerations of the trial and final-training pods (Kubernetes toleration objects).
+                deploy: Serve the final model with KServe: create or patch an InferenceService after the report.
+                deploy_service_name: The InferenceService's name; empty: made from the TuningJob's name.
+                deploy_namespace: The InferenceService's namespace; empty: the run's own.
+                serving_image: The model server's image; empty: this release's kftune-serving image (cuda with
+                    GPUs, else cpu).
+                deploy_timeout: Seconds to wait until the InferenceService is Ready; 0 does not wait.
+                deploy_gpus: GPUs of the model server (with the node selector and tolerations above); 0 serves
+                    on CPU.
             """
             return body(spec, corpus, downsample, max_trials, parallel_trials, max_epochs, seed, store, run_id,
                         warm_start, {"trial_gpus": trial_gpus, "node_selector": node_selector,
-                                     "tolerations": tolerations}, final_gpus)
+                                     "tolerations": tolerations}, deploy,
+                        {"service_name": deploy_service_name, "namespace": deploy_namespace,
+                         "image": serving_image, "timeout": deploy_timeout, "gpus": deploy_gpus,
+                         "node_selector": node_selector, "tolerations": tolerations}, final_gpus)
     else:
         @dsl.pipeline(name=name, description=_DESCRIPTION.format(variant="CPU", rounds=search_rounds))
         def kftune_pipeline(spec: str = spec_default, corpus: str = "", downsample: float = 0.0, max_trials: int = 0,
                             parallel_trials: int = 0, max_epochs: int = 0, seed: int = -1, store: str = DEFAULT_STORE,
-                            run_id: str = "", warm_start: bool = False) -> str:
+                            run_id: str = "", warm_start: bool = False, deploy: bool = False,
+                            deploy_service_name: str = "", deploy_namespace: str = "", serving_image: str = "",
+                            deploy_timeout: int = DEFAULT_DEPLOY_TIMEOUT) -> str:
             """Tune a PyTorch text classifier or sequence tagger (CPU).
 
             Args:
@@ -254,9 +286,18 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                     local path); credentials come from the kftune-s3 Secret.
                 run_id: Names the run's folder in the store (runs/<run_id>/); empty uses the KFP run id.
                 warm_start: Start the search around the best trials of earlier runs under the same store root.
+                deploy: Serve the final model with KServe: create or patch an InferenceService after the report
+                    (needs an s3:// store).
+                deploy_service_name: The InferenceService's name; empty: made from the TuningJob's name.
+                deploy_namespace: The InferenceService's namespace; empty: the run's own.
+                serving_image: The model server's image; empty: this release's kftune-serving CPU image.
+                deploy_timeout: Seconds to wait until the InferenceService is Ready; 0 does not wait.
             """
             return body(spec, corpus, downsample, max_trials, parallel_trials, max_epochs, seed, store, run_id,
-                        warm_start, {})
+                        warm_start, {}, deploy,
+                        {"service_name": deploy_service_name, "namespace": deploy_namespace,
+                         "image": serving_image, "timeout": deploy_timeout, "gpus": 0, "node_selector": {},
+                         "tolerations": []})
 
     return kftune_pipeline
 

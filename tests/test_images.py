@@ -1,5 +1,6 @@
 """Container images: tags derive from the package version in one place, no `latest` tag anywhere,
 Dockerfiles that a standard builder builds (multi-stage, non-root, pinned bases; linted with hadolint),
+each with a `runtime` target (the kftune image, the default) and a `serving` target (the model server),
 and images/build.sh computing exactly the names kftune._image computes.
 """
 
@@ -59,6 +60,17 @@ def test_image_names_derive_from_the_version(monkeypatch: pytest.MonkeyPatch) ->
     assert image_tag("cpu", "1.2.3") == "1.2.3-cpu"
 
 
+def test_serving_images_are_their_own_repository_with_the_same_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_REGISTRY, raising=False)
+    assert image("cpu", serving=True) == f"ghcr.io/kftune/kftune-serving:{__version__}-cpu"
+    assert image("cuda", serving=True) == f"ghcr.io/kftune/kftune-serving:{__version__}-cuda"
+    assert image("cuda", "localhost:5000", serving=True) == f"localhost:5000/kftune-serving:{__version__}-cuda"
+    monkeypatch.setenv(ENV_REGISTRY, "registry.internal/ml")
+    assert image("cpu", serving=True) == f"registry.internal/ml/kftune-serving:{__version__}-cpu"
+    with pytest.raises(ConfigError, match="unknown image kind"):
+        image("rocm", serving=True)
+
+
 def test_registry_from_argument_environment_or_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_REGISTRY, "registry.internal:5000/ml/")
     assert image("cpu") == f"registry.internal:5000/ml/kftune:{__version__}-cpu"
@@ -99,31 +111,40 @@ def test_build_script_names_the_images_as_python_does(monkeypatch: pytest.Monkey
     monkeypatch.delenv(ENV_REGISTRY, raising=False)
     done = _build_sh("--print")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [image("cpu"), image("cuda")]
+    assert done.stdout.split() == [image("cpu"), image("cpu", serving=True), image("cuda"),
+                                   image("cuda", serving=True)]
     done = _build_sh("--print", "--kind", "cuda", env={ENV_REGISTRY: "localhost:5000/"})
-    assert done.stdout.split() == [image("cuda", registry="localhost:5000")]
-    done = _build_sh("--print", "--registry", "registry.internal/ml", env={ENV_REGISTRY: "ignored.example"})
+    assert done.stdout.split() == [image("cuda", registry="localhost:5000"),
+                                   image("cuda", registry="localhost:5000", serving=True)]
+    done = _build_sh("--print", "--registry", "registry.internal/ml", "--target", "runtime",
+                     env={ENV_REGISTRY: "ignored.example"})
     assert done.stdout.split() == [image(kind, registry="registry.internal/ml") for kind in ("cpu", "cuda")]
+    done = _build_sh("--print", "--target", "serving")
+    assert done.stdout.split() == [image(kind, serving=True) for kind in ("cpu", "cuda")]
 
 
-def test_build_script_passes_the_version_and_pushes_only_when_asked() -> None:
+def test_build_script_passes_the_version_and_the_target_and_pushes_only_when_asked() -> None:
     done = _build_sh("--dry-run", "--builder", "podman", "--push", "--", "--build-arg", "TORCH_VERSION=2.13.0")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 4
-    for kind, build, push in (("cpu", lines[0], lines[1]), ("cuda", lines[2], lines[3])):
+    assert len(lines) == 8
+    expected = [(kind, target) for kind in ("cpu", "cuda") for target in ("runtime", "serving")]
+    for (kind, target), build, push in zip(expected, lines[0::2], lines[1::2]):
+        ref = image(kind, serving=target == "serving")
         words = build.split()
         assert words[:2] == ["podman", "build"]
         assert words[words.index("--file") + 1] == str(DOCKERFILES[kind])
-        assert words[words.index("--tag") + 1] == image(kind)
+        assert words[words.index("--target") + 1] == target
+        assert words[words.index("--tag") + 1] == ref
         assert f"KFTUNE_VERSION={__version__}" in words and "TORCH_VERSION=2.13.0" in words
         assert words[-1] == str(REPO)
-        assert push.split() == ["podman", "push", image(kind)]
+        assert push.split() == ["podman", "push", ref]
     assert "push" not in _build_sh("--dry-run", "--builder", "docker").stdout
 
 
 def test_build_script_refuses_bad_options() -> None:
     assert _build_sh("--kind", "rocm", "--print").returncode == 2
+    assert _build_sh("--target", "debug", "--print").returncode == 2
     assert _build_sh("--bogus").returncode == 2
     assert "usage" not in _build_sh("--help").stderr and "--push" in _build_sh("--help").stdout
 
@@ -158,9 +179,12 @@ def _stages(text: str) -> tuple[dict[str, str], list[tuple[str, str | None, list
 def test_dockerfile_is_multistage_non_root_and_version_tagged(kind: str) -> None:
     text = DOCKERFILES[kind].read_text()
     _, stages = _stages(text)
-    assert [name for _, name, _ in stages] == ["builder", None], "a builder stage, then the final image"
-    for ref, _, _ in stages:
+    assert [name for _, name, _ in stages] == ["builder", "runtime", "serving", None], (
+        "a builder stage, the runtime image, the serving image, and the runtime again as the default target")
+    for ref, _, _ in stages[:2]:
         assert re.search(r":[\w][\w.-]*$|@sha256:[0-9a-f]{64}$", ref), f"base image {ref} has no version tag"
+    # a build without --target makes the kftune image (as before there was a serving target), unchanged
+    assert stages[2][0] == "runtime" and stages[3] == ("runtime", None, [])
     builder, final = stages[0][2], stages[1][2]
     assert any("pip wheel" in line and "--wheel-dir /wheels" in line for line in builder)
     # only the wheel reaches the final image (no sources, no build backend), and is removed once installed
@@ -183,6 +207,30 @@ def test_dockerfile_is_multistage_non_root_and_version_tagged(kind: str) -> None
     assert final[-2:] == ['ENTRYPOINT ["kftune"]', 'CMD ["--help"]']
 
 
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
+def test_serving_target_adds_the_serve_extra_and_runs_the_model_server(kind: str) -> None:
+    _, stages = _stages(DOCKERFILES[kind].read_text())
+    serving = stages[2][2]
+    # only the wheel comes in, is installed with the serve extra (torch pinned as in the runtime) and removed
+    assert [line for line in serving if line.upper().startswith(("COPY", "ADD"))] == [
+        "COPY --from=builder /wheels/ /tmp/wheels/"]
+    [install] = [line for line in serving if "/tmp/wheels/kftune-*.whl" in line]
+    assert "[korean,subword,serve]" in install and "--constraint /tmp/torch-constraint.txt" in install
+    assert "rm -r /tmp/torch-constraint.txt /tmp/wheels" in install
+    assert "kftune serve --help" in install  # the server's entry point imports in the image
+    assert "ARG KFTUNE_VERSION" in serving
+    assert any('org.opencontainers.image.title="kftune-serving"' in line for line in serving)
+    assert not re.search(r"\b(build-essential|gcc|g\+\+|make|apt-get install)\b", " ".join(serving))
+    # root only for the install, the same non-root user as the runtime to run
+    users = [line.split()[1] for line in serving if line.startswith("USER ")]
+    assert users == ["0:0", "10001:10001"]
+    assert "EXPOSE 8080" in serving
+    assert serving[-2:] == ['ENTRYPOINT ["kftune", "serve"]',
+                            'CMD ["--model", "/mnt/models", "--host", "0.0.0.0", "--port", "8080"]']
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("kserve") for req in extras["serve"])
+
+
 def test_cpu_image_installs_the_cpu_torch_wheel() -> None:
     args, stages = _stages(DOCKERFILES["cpu"].read_text())
     final = " ".join(stages[1][2])
@@ -195,8 +243,9 @@ def test_cuda_image_is_the_pytorch_runtime_without_a_second_torch() -> None:
     _, stages = _stages(DOCKERFILES["cuda"].read_text())
     base = stages[1][0]
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", base), base
-    final = " ".join(stages[1][2])
-    assert not re.search(r"pip install[^&]*\btorch\b", final.replace("torch-constraint", ""))
+    for _, name, lines in stages[1:3]:  # runtime and serving
+        text = " ".join(lines)
+        assert not re.search(r"pip install[^&]*\btorch\b", text.replace("torch-constraint", "")), name
 
 
 def test_dockerignore_admits_only_what_builds_the_wheel() -> None:
@@ -220,7 +269,7 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 def test_image_module_is_the_single_definition() -> None:
     """No other Python module spells an image reference of its own: they call kftune._image.image()."""
-    pattern = re.compile(r"ghcr\.io/kftune/kftune:|kftune/kftune:\d")
+    pattern = re.compile(r"ghcr\.io/kftune/kftune(-serving)?:|kftune/kftune(-serving)?:\d")
     offenders = [str(path.relative_to(REPO)) for path in (REPO / "components").rglob("*.py")
                  if path != Path(_image.__file__) and pattern.search(path.read_text())]
     assert not offenders, f"use kftune._image.image() instead of a literal image name in {offenders}"

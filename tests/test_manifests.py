@@ -1,5 +1,7 @@
 """manifests/: both overlays build offline with kustomize, every core object passes strict schema
-validation, Katib objects round-trip through Katib's API models, and the generated files are current."""
+validation, Katib objects round-trip through Katib's API models, the KServe InferenceService is the
+deploy step's own body (checked structurally: kubernetes-validate knows no CRDs), and the generated
+files are current."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ OVERLAYS = ("cpu", "gpu")
 K8S_VERSION = "1.30.0"
 CORE_GROUPS = {"v1", "batch/v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "networking.k8s.io/v1"}
 KFTUNE_REPO = "ghcr.io/kftune/kftune"
+SERVING_REPO = "ghcr.io/kftune/kftune-serving"
+#: The example InferenceService: the final model of the run trec6 under the example store.
+SERVED_MODEL = "s3://kftune/tuning/runs/trec6/final/model.pt"
 #: ScheduledWorkflowSpec's fields (kubeflow/pipelines backend/src/crd/pkg/apis/scheduledworkflow/v1beta1/types.go).
 SWF_SPEC_FIELDS = {"enabled", "maxConcurrency", "noCatchup", "maxHistory", "trigger", "workflow", "experimentId",
                    "pipelineId", "pipelineVersionId", "pipelineName", "serviceAccount"}
@@ -56,8 +61,10 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def pod_specs(doc: dict) -> list[dict]:
-    """Every pod spec inside an object (Job, CronJob, Katib trial template)."""
+    """Every pod spec inside an object (Job, CronJob, Katib trial template, InferenceService predictor)."""
     kind = doc["kind"]
+    if kind == "InferenceService":
+        return [doc["spec"]["predictor"]]  # KServe's PredictorSpec inlines a PodSpec
     if kind == "Job":
         return [doc["spec"]["template"]["spec"]]
     if kind == "CronJob":
@@ -79,7 +86,7 @@ def test_both_overlays_build_the_same_objects(built):
     assert names["cpu"] == names["gpu"]
     kinds = {k for _, k, _ in names["gpu"]}
     assert {"Experiment", "ScheduledWorkflow", "CronJob", "Job", "Secret", "ConfigMap", "ServiceAccount", "Role",
-            "RoleBinding"} <= kinds
+            "RoleBinding", "InferenceService"} <= kinds
     base = (MANIFESTS / "base" / "kustomization.yaml").read_text()
     if (MANIFESTS / "base" / "pipeline" / "kustomization.yaml").exists():
         assert "- pipeline" in base, "manifests/base/pipeline exists but base/kustomization.yaml does not list it"
@@ -106,9 +113,13 @@ def test_gpu_limits_tolerations_and_node_selector_only_in_gpu(built):
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"]
-    # only the trials take GPUs: the bucket Job and the CronJob do not
-    assert sorted(set(gpu_bits(built["gpu"]))) == ["Experiment/nodeSelector", "Experiment/nvidia.com/gpu",
-                                                   "Experiment/tolerations"]
+    # only the trials and the model server take GPUs: the bucket Job and the CronJob do not
+    assert sorted(set(gpu_bits(built["gpu"]))) == [
+        "Experiment/nodeSelector", "Experiment/nvidia.com/gpu", "Experiment/tolerations",
+        "InferenceService/nodeSelector", "InferenceService/nvidia.com/gpu", "InferenceService/tolerations"]
+    predictor = one(built["gpu"], "InferenceService")["spec"]["predictor"]
+    assert predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in predictor["tolerations"]
     cpu = trial_pod(built["cpu"])["containers"][0]["resources"]
     assert cpu["requests"]["cpu"] and cpu["requests"]["memory"]
 
@@ -120,9 +131,11 @@ def test_images_are_this_version_and_the_right_kind(built, monkeypatch):
         for d in docs:
             for spec in pod_specs(d):
                 for c in spec["containers"]:
-                    assert c["image"].startswith(KFTUNE_REPO + ":"), c["image"]
-                    want = "cuda" if overlay == "gpu" and d["kind"] == "Experiment" else "cpu"
-                    assert c["image"] == image(want), f"{overlay}: {d['kind']} runs {c['image']}, not {image(want)}"
+                    serving = d["kind"] == "InferenceService"
+                    assert c["image"].startswith((SERVING_REPO if serving else KFTUNE_REPO) + ":"), c["image"]
+                    want = "cuda" if overlay == "gpu" and d["kind"] in ("Experiment", "InferenceService") else "cpu"
+                    expected = image(want, serving=serving)
+                    assert c["image"] == expected, f"{overlay}: {d['kind']} runs {c['image']}, not {expected}"
 
 
 # -- schemas -----------------------------------------------------------------------------------------
@@ -156,10 +169,28 @@ def test_every_object_validates(built, overlay):
         elif api.startswith("pipelines.kubeflow.org/"):
             assert kind in ("Pipeline", "PipelineVersion") and d["metadata"]["name"], d
             continue  # manifests/base/pipeline is checked by its own tests
+        elif (api, kind) == ("serving.kserve.io/v1beta1", "InferenceService"):
+            validate_inference_service(d)
         else:
             pytest.fail(f"no validator for {api} {kind} {d['metadata']['name']}")
         checked.append(kind)
     assert "Experiment" in checked and "CronJob" in checked
+
+
+def validate_inference_service(doc: dict) -> None:
+    """KServe's CRD is not in kubernetes-validate: the predictor's fields must be fields of KServe's own
+    PredictorSpec model (kserve 0.21), and its pod part must validate strictly as a core PodSpec."""
+    from kserve.models import V1beta1PredictorSpec
+    from kubernetes.client import V1PodSpec
+
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}, set(doc)
+    assert set(doc["spec"]) == {"predictor"}, "a predictor only (no transformer or explainer)"
+    predictor = doc["spec"]["predictor"]
+    known = set(V1beta1PredictorSpec.attribute_map.values())
+    assert set(predictor) <= known, f"not fields of KServe's PredictorSpec: {set(predictor) - known}"
+    pod_fields = set(V1PodSpec.attribute_map.values())
+    validate_core({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
+                   "spec": {k: v for k, v in predictor.items() if k in pod_fields}})
 
 
 def test_the_validator_is_strict():
@@ -191,9 +222,17 @@ def test_references_resolve(built):
                     assert v["configMap"]["name"] in configmaps, v
             if "serviceAccountName" in spec:
                 assert spec["serviceAccountName"] in accounts
+    for sa in of_kind(docs, "ServiceAccount"):
+        assert all(ref["name"] in secrets for ref in sa.get("secrets", [])), sa
+    # the pipeline runner is KFP's ServiceAccount (the one the ScheduledWorkflow runs as), not one of ours;
+    # a subject without a namespace is the ServiceAccount in the RoleBinding's own namespace (RBAC defaults it)
+    runner = one(docs, "ScheduledWorkflow")["spec"]["serviceAccount"]
     for rb in of_kind(docs, "RoleBinding"):
         assert rb["roleRef"]["name"] in roles
-        assert all(s["name"] in accounts and s["namespace"] for s in rb["subjects"])
+        for s in rb["subjects"]:
+            assert s["kind"] == "ServiceAccount"
+            assert (s["name"] in accounts and s["namespace"] == rb["metadata"]["namespace"]) or (
+                s["name"] == runner and "namespace" not in s), s
     for overlay, objects in built.items():
         pipelines = {d["metadata"]["name"] for d in of_kind(objects, "Pipeline")}
         assert pipelines, "manifests/base/pipeline is not included"
@@ -206,6 +245,78 @@ def test_launcher_role_grants_exactly_what_the_launcher_calls(built):
 
     role = one(built["gpu"], "Role", "kftune-launcher")
     assert role["rules"] == [{"apiGroups": [katib.GROUP], "resources": [katib.PLURAL], "verbs": list(katib.VERBS)}]
+
+
+@needs_kubectl
+def test_deployer_role_grants_exactly_what_the_deploy_step_calls_to_the_pipeline_runner(built):
+    from kftune.io import kserve
+
+    for docs in built.values():
+        role = one(docs, "Role", kserve.DEPLOYER_ROLE)
+        assert role["rules"] == [{"apiGroups": [kserve.GROUP], "resources": [kserve.PLURAL],
+                                  "verbs": list(kserve.VERBS)}]
+        assert sorted(kserve.VERBS) == ["create", "get", "patch"]
+        binding = one(docs, "RoleBinding", kserve.DEPLOYER_ROLE)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": kserve.DEPLOYER_ROLE}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner"}]
+    assert (MANIFESTS / kserve.DEPLOYER_ROLE_FILE.removeprefix("manifests/")).is_file()
+
+
+@needs_kubectl
+def test_inference_service_is_the_deploy_steps_body_in_each_overlay(built, monkeypatch):
+    """The InferenceService of the manifests is what `kftune deploy` / the pipeline's deploy step make
+    for the example run: one function builds both (kftune.core.inference_service)."""
+    from kftune.core.inference_service import inference_service
+    from kftune.steps.deploy import DeployConfig, manifest
+
+    monkeypatch.delenv("KFTUNE_IMAGE_REGISTRY", raising=False)
+    committed = yaml.safe_load((MANIFESTS / "base/serving/inferenceservice.yaml").read_text())
+    assert committed == manifest(DeployConfig(name="trec6", model=SERVED_MODEL)), (
+        "manifests/base/serving/inferenceservice.yaml differs from the deploy step's InferenceService: make its "
+        f"body what `kftune deploy --name trec6 --model {SERVED_MODEL} --dry-run` prints (keep the header comments)")
+    cpu = one(built["cpu"], "InferenceService")
+    assert cpu == inference_service("trec6", SERVED_MODEL, image("cpu", serving=True), namespace="kftune")
+    gpu = one(built["gpu"], "InferenceService")
+    assert gpu == manifest(DeployConfig(name="trec6", model=SERVED_MODEL, gpus=1,
+                                        node_selector={"nvidia.com/gpu.present": "true"}), namespace="kftune")
+
+
+@needs_kubectl
+def test_inference_service_runs_kftune_serve_on_the_stored_model_with_probes_and_resources(built):
+    import json
+    import re
+
+    for overlay, docs in built.items():
+        isvc = one(docs, "InferenceService")
+        assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+        predictor = isvc["spec"]["predictor"]
+        [c] = predictor["containers"]
+        assert c["name"] == "kserve-container"  # the name KServe knows the model server by
+        assert c["command"] == ["kftune", "serve"]
+        assert dict(zip(c["args"][::2], c["args"][1::2])) == {
+            "--model": "/mnt/models/model.pt", "--name": isvc["metadata"]["name"], "--host": "0.0.0.0",
+            "--port": "8080"}
+        # a custom predictor's storage URI: the storage initializer downloads it to /mnt/models
+        assert c["env"] == [{"name": "STORAGE_URI", "value": SERVED_MODEL}] and SERVED_MODEL.startswith("s3://")
+        assert c["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+        resources = c["resources"]
+        for section in ("requests", "limits"):
+            assert resources[section]["cpu"] and resources[section]["memory"], (overlay, section)
+        assert c["securityContext"]["runAsNonRoot"] is True
+        assert predictor["serviceAccountName"] == "kftune-serving"
+        # credentials only through the ServiceAccount's Secret: nothing of them in the InferenceService
+        assert not re.search(r"(?i)access.?key|secret|password|token|aws_|valueFrom", json.dumps(isvc)), overlay
+        [ref] = one(docs, "ServiceAccount", predictor["serviceAccountName"])["secrets"]
+        secret = one(docs, "Secret", ref["name"])
+        notes = secret["metadata"]["annotations"]
+        assert notes["serving.kserve.io/s3-endpoint"] == "minio-service.kubeflow.svc.cluster.local:9000"  # no scheme
+        assert notes["serving.kserve.io/s3-usehttps"] == "0" and notes["serving.kserve.io/s3-region"]
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert set(data) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # the names KServe reads
+        assert all(v.startswith("REPLACE-ME") for v in data.values()), "placeholders only: nothing real is committed"
 
 
 @needs_kubectl

@@ -1,17 +1,24 @@
 """The one place that names kftune's container images for Python code.
 
-Tags derive from the package version (``kftune._version.__version__``), one image per kind::
+Tags derive from the package version (``kftune._version.__version__``), one image per kind, and a
+serving image per kind (the same image plus the ``serve`` extra, entrypoint ``kftune serve``)::
 
-    image("cpu")   -> "ghcr.io/kftune/kftune:0.1.0-cpu"
-    image("cuda")  -> "ghcr.io/kftune/kftune:0.1.0-cuda"
+    image("cpu")                  -> "ghcr.io/kftune/kftune:0.1.0-cpu"
+    image("cuda")                 -> "ghcr.io/kftune/kftune:0.1.0-cuda"
+    image("cpu", serving=True)    -> "ghcr.io/kftune/kftune-serving:0.1.0-cpu"
+    image("cuda", serving=True)   -> "ghcr.io/kftune/kftune-serving:0.1.0-cuda"
 
-The registry (everything before ``/kftune:``) is, in order: the ``registry`` argument, the
-``KFTUNE_IMAGE_REGISTRY`` environment variable, ``ghcr.io/kftune``. ``images/build.sh`` computes the
+The serving images are a repository of their own (``kftune-serving``), so that a kustomize ``images:``
+entry, a registry's retention rule or a pull policy can tell them from the training images.
+
+The registry (everything before ``/kftune:`` or ``/kftune-serving:``) is, in order: the ``registry``
+argument, the ``KFTUNE_IMAGE_REGISTRY`` environment variable, ``ghcr.io/kftune``. ``images/build.sh`` computes the
 same names from the same two inputs (the version file and ``KFTUNE_IMAGE_REGISTRY``), and
 ``tests/test_images.py`` checks that both agree. There is no ``latest`` tag: an image reference in a
 pipeline or a manifest always names the release that built it.
 
-Pipeline components (``base_image``) and the Katib trial template take their image from here.
+Pipeline components (``base_image``), the Katib trial template and the InferenceService of the
+``deploy`` step take their image from here.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from kftune.core.errors import ConfigError, Problem
 
 #: The image repository's name under the registry.
 IMAGE_NAME = "kftune"
+#: The serving images' repository (``images/<kind>.Dockerfile``'s ``serving`` target).
+SERVING_IMAGE_NAME = "kftune-serving"
 #: Where images are pushed unless told otherwise.
 DEFAULT_REGISTRY = "ghcr.io/kftune"
 #: Environment variable that overrides :data:`DEFAULT_REGISTRY` (e.g. a private mirror).
@@ -72,7 +81,13 @@ def image_registry(override: str | None = None) -> str:
     return clean
 
 
-def image(kind: ImageKind | str = "cpu", registry: str | None = None) -> str:
+def image_name(serving: bool = False) -> str:
+    """The repository name under the registry: ``kftune``, or ``kftune-serving`` for ``serving``."""
+    return SERVING_IMAGE_NAME if serving else IMAGE_NAME
+
+
+def image(kind: ImageKind | str = "cpu", registry: str | None = None, *, serving: bool = False) -> str:
     """The full image reference for ``kind`` at this package's version, e.g.
-    ``"ghcr.io/kftune/kftune:0.1.0-cpu"`` (see the module docstring for the registry's source)."""
-    return f"{image_registry(registry)}/{IMAGE_NAME}:{image_tag(kind)}"
+    ``"ghcr.io/kftune/kftune:0.1.0-cpu"``, or with ``serving`` the model server's image,
+    ``"ghcr.io/kftune/kftune-serving:0.1.0-cpu"`` (see the module docstring for the registry's source)."""
+    return f"{image_registry(registry)}/{image_name(serving)}:{image_tag(kind)}"

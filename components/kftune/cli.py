@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("kftune.steps.report", "the final report: corpus card, LR curve, trials, training, evaluation"),
     "predict": ("kftune.commands.predict", "predict with a trained model: text, a file or stdin in, JSONL out"),
     "serve": ("kftune.serving.server", "serve a trained model over HTTP (KServe V1/V2 protocols and POST /predict)"),
+    "deploy": ("kftune.steps.deploy", "create or patch a KServe InferenceService that serves a trained model"),
     "compile": ("kftune.commands.compile", "compile the pipelines to YAML (--check: fail if the committed YAML differs)"),
     "katib": ("kftune.commands.katib", "print a Katib Experiment for the spec (coarse/fine phases for coarse-to-fine)"),
     "submit": ("kftune.commands.submit", "create a run on a Kubeflow Pipelines host (--wait to follow it)"),

@@ -86,6 +86,7 @@ def test_run_completes_on_cpu_and_prints_the_best_parameters_and_the_test_score(
                  "final-training", "evaluate", "report"):
         assert re.search(rf"\] start  {task}\n", out) and re.search(rf"\] done   {task}\n", out), task
     assert out.count("] done   trial\n") == 2
+    assert "start  deploy" not in out  # serving on the cluster is off unless the deploy parameter asks for it
     assert "\nkftune run tiny-1: done in " in out  # print is ours again after the runner (it patches it per task)
     from kftune.io.store import open_store
 

@@ -3,7 +3,8 @@
 No KFP cluster runs here, so this is what stands for "the GPU pipeline requests GPUs": the compiled
 GPU YAML parses into a ``PipelineSpec`` and a ``PlatformSpec``, every search round is a ParallelFor
 over the suggest step's batches whose width is wired to the ``parallel_trials`` parameter, and every
-trial and final-training executor requests ``nvidia.com/gpu`` (the CPU YAML requests none).
+trial and final-training executor requests ``nvidia.com/gpu`` (the CPU YAML requests none), and the
+deploy step sits in both behind a condition on the ``deploy`` parameter, off by default.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kftune import _image
 from kftune.pipelines import COMPILED_DIR
-from kftune.pipelines.pipeline import DEFAULT_SEARCH_ROUNDS, S3_ENV, S3_SECRET
+from kftune.pipelines.pipeline import (DEFAULT_DEPLOY_TIMEOUT, DEFAULT_SEARCH_ROUNDS, DEPLOY_PARAMETERS,
+                                       GPU_PARAMETERS, PARAMETERS, S3_ENV, S3_SECRET)
 
 
 def _load(variant: str) -> tuple[Any, Any, Any]:
@@ -61,10 +63,11 @@ def test_the_parameters_a_ui_user_changes_are_pipeline_inputs(compiled: tuple[st
     variant, spec, _, _ = compiled
     inputs = spec.root.input_definitions.parameters
     expected = {"spec", "corpus", "downsample", "max_trials", "parallel_trials", "max_epochs", "seed", "store",
-                "run_id", "warm_start"}
+                "run_id", "warm_start", "deploy", "deploy_service_name", "deploy_namespace", "serving_image",
+                "deploy_timeout"}
     if variant == "gpu":
-        expected |= {"trial_gpus", "final_gpus", "node_selector", "tolerations"}
-    assert set(inputs) == expected
+        expected |= {"trial_gpus", "final_gpus", "node_selector", "tolerations", "deploy_gpus"}
+    assert set(inputs) == expected == set(PARAMETERS + DEPLOY_PARAMETERS + (GPU_PARAMETERS if variant == "gpu" else ()))
     for name in expected:
         assert inputs[name].description, f"{name} has no description for the KFP UI"
     assert not any("secret" in n or "key" in n or "password" in n for n in inputs)  # credentials never parameters
@@ -112,7 +115,7 @@ def test_gpu_requests_on_every_trial_and_final_training_and_nowhere_else(compile
         if spec.components[task.component_ref.name].WhichOneof("implementation") == "executor_label":
             executors.setdefault(name.rstrip("0123456789").rstrip("-"), set()).add(_executor(spec, task))
     assert set(executors) == {"resolve-spec", "prepare-corpus", "lr-range-test", "suggest", "trial", "select-best",
-                              "final-training", "evaluate", "report"}
+                              "final-training", "evaluate", "report", "deploy"}
     assert len(executors["trial"]) == DEFAULT_SEARCH_ROUNDS + 1
     accelerated = executors["trial"] | executors["final-training"]
     k8s = _k8s(platform)
@@ -140,7 +143,7 @@ def test_store_credentials_come_from_the_secret_on_every_task_but_resolve(compil
     _, spec, platform, deployment = compiled
     k8s = _k8s(platform)
     for label in deployment.executors:
-        if label == "exec-resolve-spec":
+        if label in ("exec-resolve-spec", "exec-deploy"):  # neither reads the store
             assert label not in k8s or not k8s[label].secret_as_env
             continue
         [secret] = k8s[label].secret_as_env
@@ -154,6 +157,44 @@ def test_caching_is_on_for_corpus_preparation_only(compiled: tuple[str, Any, Any
         if spec.components[task.component_ref.name].WhichOneof("implementation") != "executor_label":
             continue
         assert task.caching_options.enable_cache == (name == "prepare-corpus"), "/".join(path + (name,))
+
+
+def test_deploy_runs_only_when_asked_after_the_report_on_the_final_model(compiled: tuple[str, Any, Any, Any]) -> None:
+    variant, spec, _, deployment = compiled
+    inputs = spec.root.input_definitions.parameters
+    # off by default, named by the TuningJob and in the run's namespace unless set, waits for Ready
+    assert inputs["deploy"].parameter_type == pipeline_spec_pb2.ParameterType.BOOLEAN
+    assert inputs["deploy"].default_value.bool_value is False
+    for name in ("deploy_service_name", "deploy_namespace", "serving_image"):
+        assert inputs[name].default_value.string_value == "", name
+    assert inputs["deploy_timeout"].default_value.number_value == DEFAULT_DEPLOY_TIMEOUT
+    [(path, name, task)] = [(p, n, t) for p, n, t in _walk(spec, spec.root.dag) if n == "deploy"]
+    [condition] = path
+    branch = spec.root.dag.tasks[condition]
+    assert branch.trigger_policy.condition == "inputs.parameter_values['pipelinechannel--deploy'] == true"
+    assert branch.inputs.parameters["pipelinechannel--deploy"].component_input_parameter == "deploy"
+    assert {"report", "final-training"} <= set(branch.dependent_tasks)  # after the report
+    # the model is final-training's output (its URI in the store)
+    model = branch.inputs.parameters["pipelinechannel--final-training-Output"].task_output_parameter
+    assert (model.producer_task, model.output_parameter_key) == ("final-training", "Output")
+    wired = {k: v for k, v in task.inputs.parameters.items()}
+    assert wired["model_uri"].component_input_parameter == "pipelinechannel--final-training-Output"
+    for param, source in (("service_name", "deploy_service_name"), ("namespace", "deploy_namespace"),
+                          ("image", "serving_image"), ("timeout", "deploy_timeout")):
+        assert wired[param].component_input_parameter == f"pipelinechannel--{source}", param
+    assert wired["registry"].runtime_value.constant.string_value == _image.DEFAULT_REGISTRY
+    if variant == "gpu":
+        for param, source in (("gpus", "deploy_gpus"), ("node_selector", "node_selector"),
+                              ("tolerations", "tolerations")):
+            assert wired[param].component_input_parameter == f"pipelinechannel--{source}", param
+        assert inputs["deploy_gpus"].default_value.number_value == 1
+    else:
+        assert wired["gpus"].runtime_value.constant.number_value == 0
+    assert not task.caching_options.enable_cache
+    # the step runs in the CPU image (it only talks to the API server) and imports kftune's deploy step
+    container = deployment.executors["exec-deploy"].container
+    assert container.image == _image.image("cpu", _image.DEFAULT_REGISTRY)
+    assert "from kftune.steps import deploy as step" in " ".join(container.command)
 
 
 def test_descriptions_come_from_the_docstrings(compiled: tuple[str, Any, Any, Any]) -> None:

@@ -43,16 +43,16 @@ minimizing, unless ``spec.objective.metricStrategies`` says otherwise), as Katib
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
 
 from kftune._progress import Progress
 from kftune.core.errors import ConfigError, KftuneError
+from kftune.io import kube
+from kftune.io.kube import SERVICEACCOUNT_NAMESPACE_FILE, current_namespace  # noqa: F401 - part of this API
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,9 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 VERBS = ("create", "get", "list", "watch", "delete")
 #: The ServiceAccount the manifests create for the launcher (manifests/base/rbac).
 LAUNCHER_SERVICE_ACCOUNT = "kftune-launcher"
-#: Where a pod finds its own namespace.
-SERVICEACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 DeletePolicy = Literal["never", "on_success", "always"]
 IfExists = Literal["fail", "follow"]
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
 @runtime_checkable
@@ -291,36 +288,9 @@ def experiment_result(obj: Mapping[str, Any]) -> ExperimentResult:
 # -- API errors ------------------------------------------------------------------------------------
 
 
-def _status_body(exc: Any) -> dict[str, Any]:
-    """The Kubernetes ``Status`` object in an ApiException's body, or ``{}`` (e.g. a plain-text 404)."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    try:
-        parsed = json.loads(body) if body else {}
-    except (TypeError, ValueError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _server_message(exc: Any) -> str:
-    status = _status_body(exc)
-    if status.get("message"):
-        return str(status["message"])
-    body = getattr(exc, "body", None)
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    text = (body or "").strip() or str(getattr(exc, "reason", "") or "")
-    return text[:500]
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    if isinstance(exc, ApiException):
-        return exc.status in _TRANSIENT_STATUS or exc.status == 0
-    return isinstance(exc, (Urllib3Error, ConnectionError, TimeoutError))
+_status_body = kube.status_body
+_server_message = kube.server_message
+_is_transient = kube.is_transient
 
 
 def translate_error(exc: BaseException, verb: str, namespace: str, name: str | None = None,
@@ -376,46 +346,12 @@ def translate_error(exc: BaseException, verb: str, namespace: str, name: str | N
 def load_api(kubeconfig: str | None = None, context: str | None = None) -> CustomObjectsApi:
     """A ``kubernetes.client.CustomObjectsApi``: in-cluster config inside a pod (when
     ``KUBERNETES_SERVICE_HOST`` is set and no ``kubeconfig`` is given), else the kubeconfig file
-    (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) and its ``context``."""
-    from kubernetes import client, config
-
-    errors: list[str] = []
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        try:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            return client.CustomObjectsApi(client.ApiClient(configuration))
-        except config.ConfigException as exc:
-            errors.append(f"in-cluster config: {exc}")
+    (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) and its ``context``
+    (:func:`kftune.io.kube.load_custom_objects_api`)."""
     try:
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        return client.CustomObjectsApi(client.ApiClient(configuration))
-    except (config.ConfigException, OSError) as exc:
-        errors.append(f"kubeconfig: {exc}")
-    raise KatibError("no Kubernetes credentials: " + "; ".join(errors) +
-                     ". Run inside a pod with a ServiceAccount, or point KUBECONFIG at a kubeconfig file.")
-
-
-def current_namespace(default: str = "default") -> str:
-    """The pod's own namespace when running in a cluster, else the kubeconfig context's, else ``default``."""
-    try:
-        with open(SERVICEACCOUNT_NAMESPACE_FILE, encoding="utf-8") as handle:
-            text = handle.read().strip()
-        if text:
-            return text
-    except OSError:
-        pass
-    try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts()
-        namespace = (active or {}).get("context", {}).get("namespace")
-        if namespace:
-            return str(namespace)
-    except Exception:  # no kubeconfig: not an error here
-        pass
-    return default
+        return kube.load_custom_objects_api(kubeconfig, context)
+    except kube.NoCredentialsError as exc:
+        raise KatibError(str(exc)) from None
 
 
 # -- the launcher ----------------------------------------------------------------------------------
@@ -444,7 +380,7 @@ class KatibLauncher:
 
     @property
     def _host(self) -> str | None:
-        return getattr(getattr(getattr(self.api, "api_client", None), "configuration", None), "host", None)
+        return kube.api_host(self.api)
 
     def _call(self, verb: str, namespace: str, name: str | None, fn: Callable[..., Any], *args: Any,
               **kwargs: Any) -> Any:
@@ -622,11 +558,7 @@ class KatibLauncher:
                 log.info("Katib Experiment %s/%s is left in the cluster (delete=%r)", namespace, name, delete)
 
 
-def _is_api_or_transport_error(exc: BaseException) -> bool:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    return isinstance(exc, (ApiException, Urllib3Error, ConnectionError, TimeoutError))
+_is_api_or_transport_error = kube.is_api_or_transport_error
 
 
 def _body_problems(body: Any) -> list[Any]:
