@@ -77,7 +77,7 @@ class KftuneModel(kserve.Model):  # type: ignore[misc,name-defined]
     """
 
     def __init__(self, name: str, uri: str, *, device: str = "cpu", max_batch_size: int = 32,
-                 batch_window_ms: float = 5.0, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
+                 batch_window_ms: float = 0.0, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
         super().__init__(name)
         self.uri = uri
         self.device = device

@@ -11,7 +11,8 @@ Routes (``NAME`` is ``--name``, default the model file's corpus name):
 The model is loaded before the server listens: a missing or damaged model file ends the command with one
 line and exit status 1, and readiness never turns true. ``--host`` defaults to 127.0.0.1 (the serving image
 passes 0.0.0.0); KServe's gRPC server is not started. Concurrent requests are micro-batched
-(``--max-batch-size`` texts, ``--batch-window-ms``), and run off the event loop.
+(``--max-batch-size`` texts; ``--batch-window-ms``, default 0: on a CPU the one inference thread is the
+bottleneck, and the requests that arrive while it runs a batch form the next one), off the event loop.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080, as KServe expects)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--max-batch-size", type=int, default=32, help="most texts per model call (default 32)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="how long the first waiting request waits for others to share its model call (default 5)")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="how long the first waiting request waits for others to share its model call (default 0: "
+                        "requests that arrive while a batch runs form the next one; a few ms can help on a GPU)")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest text accepted, in characters (default 20000)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 4 MiB)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("serving %s (%s, %s) at http://%s:%d/v2/models/%s  (POST /predict, docs at /docs)",
              model.name, loaded.task.type, what, args.host, args.port, model.name)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
-                            access_log=False, timeout_graceful_shutdown=30, loop="asyncio", lifespan="off")
+                            access_log=False, timeout_graceful_shutdown=30, lifespan="off")  # uvloop + httptools when present
     server = uvicorn.Server(config)
     try:
         server.run()
