@@ -63,8 +63,11 @@ def write_spec(path: Path, *, algorithm: str = "random", settings: dict[str, str
                early_stopping: str | None = None, es_settings: dict[str, str] | None = None,
                parameters: list[dict[str, Any]] | None = None, max_trials: int = 4, parallel: int = 1,
                max_failed: int | None = None, goal: float | None = None, finalists: int = 0, finalist_runs: int = 2,
-               max_epochs: int = 2, training_runs: int = 1, patience: int = 3) -> Path:
-    """A TuningJob spec for the toy corpus: a tiny CNN, CPU, ``max_epochs`` epochs per trial."""
+               max_epochs: int = 2, training_runs: int = 1, patience: int = 3,
+               model: dict[str, Any] | None = None) -> Path:
+    """A TuningJob spec for the toy corpus: a tiny CNN, CPU, ``max_epochs`` epochs per trial (``model``: more
+    hyperparameter defaults, e.g. ``{"optimizer": "sgd", "clip_grad_norm": "none"}`` for a trial that diverges
+    at ``learning_rate`` 10)."""
     objective: dict[str, Any] = {"type": "maximize", "objectiveMetricName": "dev_score",
                                  "additionalMetricNames": ["dev_loss"]}
     if goal is not None:
@@ -83,7 +86,8 @@ def write_spec(path: Path, *, algorithm: str = "random", settings: dict[str, str
             {"name": k, "value": v} for k, v in (es_settings or {}).items()]}
     doc = {"apiVersion": "kftune.dev/v1alpha1", "kind": "TuningJob", "metadata": {"name": "toy"},
            "spec": {"corpus": {"name": "TREC_6"}, "task": {"type": "text_classification"},
-                    "model": {"embedding_dim": 16, "cnn_filters": 8, "cnn_kernel_sizes": [2, 3], "mini_batch_size": 16},
+                    "model": {"embedding_dim": 16, "cnn_filters": 8, "cnn_kernel_sizes": [2, 3], "mini_batch_size": 16,
+                              **(model or {})},
                     "lrRangeTest": {"enabled": False}, "search": search,
                     "train": {"maxEpochs": max_epochs, "patience": patience, "trainingRuns": training_runs,
                               "device": "cpu", "seed": 1},
@@ -159,9 +163,10 @@ def test_a_resumed_trial_continues_from_its_checkpoint_to_the_new_budget(corpus:
 
 
 def test_a_diverging_trial_is_recorded_failed_and_exits_1(corpus: Path, tmp_path: Path, capsys) -> None:
-    params = [{"name": "learning_rate", "parameterType": "discrete", "feasibleSpace": {"list": ["0.05", "1e30"]}}]
-    spec = write_spec(tmp_path / "spec.yaml", parameters=params)
-    code = trial.main(_args(spec, corpus, tmp_path / "store", "bad", "--param", "learning_rate=1e30"))
+    # learning_rate is at most 10 (a spec error above it): plain SGD without clipping diverges there
+    params = [{"name": "learning_rate", "parameterType": "discrete", "feasibleSpace": {"list": ["0.05", "10"]}}]
+    spec = write_spec(tmp_path / "spec.yaml", parameters=params, model={"optimizer": "sgd", "clip_grad_norm": "none"})
+    code = trial.main(_args(spec, corpus, tmp_path / "store", "bad", "--param", "learning_rate=10"))
     assert code == trial.EXIT_FAILED_TRIAL
     record = get_json(open_store(tmp_path / "store"), trial_key("r1", "bad"))
     assert record["state"] == "failed" and record["objective"] is None

@@ -72,6 +72,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from kftune.core import limits
 from kftune.core.errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,24 @@ _SPEC_KEYS = {
 
 def _is_number(x: object) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _is_finite(x: object) -> bool:
+    """A finite number (an int too large for a float is not)."""
+    try:
+        return _is_number(x) and math.isfinite(x)  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
+def _is_count(x: object, lo: int) -> bool:
+    """An integer in ``[lo, MAX_RANGE_TEST_ITERATIONS]``."""
+    return (isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+            and lo <= x <= limits.MAX_RANGE_TEST_ITERATIONS)
+
+
+_LR_BOUND = limits.Bound(limits.MIN_RANGE_TEST_LR, limits.MAX_RANGE_TEST_LR, unit="learning rate")
+_MAX_FACTOR = 1e6
 
 
 @dataclass(frozen=True)
@@ -136,44 +155,48 @@ class RangeTestConfig:
         def bad(name: str, message: str) -> None:
             p.append(Problem(f"{prefix}.{_SPEC_KEYS[name]}" if prefix else _SPEC_KEYS[name], message))
 
-        def positive_finite(name: str) -> bool:
+        def learning_rate(name: str) -> bool:
             v = getattr(self, name)
-            if not _is_number(v) or not math.isfinite(v) or v <= 0:
-                bad(name, f"must be a finite number > 0, got {v!r}")
+            if not _is_finite(v) or v <= 0:
+                bad(name, f"must be a finite number > 0, got {limits.short(v)}")
+                return False
+            message = _LR_BOUND.problem(v)
+            if message:
+                bad(name, message)
                 return False
             return True
 
-        ok_start, ok_end = positive_finite("start_lr"), positive_finite("end_lr")
+        ok_start, ok_end = learning_rate("start_lr"), learning_rate("end_lr")
         if ok_start and ok_end and self.end_lr <= self.start_lr:
             bad("end_lr", f"must be greater than startLR={self.start_lr:g}, got {self.end_lr:g}")
-        if not isinstance(self.iterations, (int, np.integer)) or isinstance(self.iterations, bool) \
-                or self.iterations < 2:
-            bad("iterations", f"must be an integer >= 2 (the number of mini-batches), got {self.iterations!r}")
+        if not _is_count(self.iterations, 2):
+            bad("iterations", f"must be an integer in [2, {limits.MAX_RANGE_TEST_ITERATIONS}] (units: "
+                              f"mini-batches), got {limits.short(self.iterations)}")
         if self.mode not in MODES:
             bad("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not _is_number(self.smoothing) or not 0 <= self.smoothing < 1:
             bad("smoothing", f"must be in [0, 1) (0 turns smoothing off; 0.98 is usual), got {self.smoothing!r}")
         if self.divergence_factor is not None and (
-                not _is_number(self.divergence_factor) or not self.divergence_factor > 1
-                or not math.isfinite(self.divergence_factor)):
-            bad("divergence_factor", f"must be a finite number > 1 (4 is usual) or null to turn the ratio "
-                                     f"test off, got {self.divergence_factor!r}")
+                not _is_finite(self.divergence_factor) or not 1 < self.divergence_factor <= _MAX_FACTOR):
+            bad("divergence_factor", f"must be a finite number > 1 and <= {_MAX_FACTOR:g} (4 is usual) or null "
+                                     f"to turn the ratio test off, got {limits.short(self.divergence_factor)}")
         for name in ("divergence_warmup", "skip_start", "skip_end"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0):
-                bad(name, f"must be an integer >= 0 or null (scaled to iterations), got {v!r}")
+            if v is not None and not _is_count(v, 0):
+                bad(name, f"must be an integer in [0, {limits.MAX_RANGE_TEST_ITERATIONS}] (units: mini-batches) "
+                          f"or null (scaled to iterations), got {limits.short(v)}")
         tw = self.trend_window
-        if tw is not None and (not isinstance(tw, (int, np.integer)) or isinstance(tw, bool) or tw < 1
-                               or tw % 2 == 0):
-            bad("trend_window", f"must be an odd integer >= 1 or null (scaled to iterations), got {tw!r}")
-        if not _is_number(self.noise_tolerance) or not 0 <= self.noise_tolerance < math.inf:
-            bad("noise_tolerance", f"must be a finite number >= 0 (in noise standard deviations), "
-                                   f"got {self.noise_tolerance!r}")
+        if tw is not None and (not _is_count(tw, 1) or tw % 2 == 0):
+            bad("trend_window", f"must be an odd integer in [1, {limits.MAX_RANGE_TEST_ITERATIONS}] (units: "
+                                f"points) or null (scaled to iterations), got {limits.short(tw)}")
+        if not _is_finite(self.noise_tolerance) or not 0 <= self.noise_tolerance <= _MAX_FACTOR:
+            bad("noise_tolerance", f"must be a finite number in [0, {_MAX_FACTOR:g}] (units: noise standard "
+                                   f"deviations), got {limits.short(self.noise_tolerance)}")
         if not _is_number(self.min_drop) or not 0 <= self.min_drop < 1:
             bad("min_drop", f"must be in [0, 1) (a fraction of the loss level), got {self.min_drop!r}")
-        if not isinstance(self.min_points, (int, np.integer)) or isinstance(self.min_points, bool) \
-                or self.min_points < 3:
-            bad("min_points", f"must be an integer >= 3, got {self.min_points!r}")
+        if not _is_count(self.min_points, 3):
+            bad("min_points", f"must be an integer in [3, {limits.MAX_RANGE_TEST_ITERATIONS}] (units: points), "
+                              f"got {limits.short(self.min_points)}")
         if not _is_number(self.valley_fraction) or not 0 < self.valley_fraction < 1:
             bad("valley_fraction", f"must be in (0, 1), got {self.valley_fraction!r}")
         rf = self.range_fractions

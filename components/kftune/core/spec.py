@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, NamedTuple, Sequence
 
+from kftune.core import limits
 from kftune.core.corpus_registry import (
     CONLLU_COLUMNS,
     FORMATS,
@@ -39,6 +40,7 @@ from kftune.core.corpus_registry import (
     get_corpus,
 )
 from kftune.core.errors import ConfigError, Problem
+from kftune.core.limits import Bound
 from kftune.core.lr_range import RangeTestConfig
 from kftune.core.tokenization import TokenizerChoice, check_tokenizer, parse_tokenizer
 
@@ -429,10 +431,15 @@ MAX_NAME_LENGTH = 40
 
 def _show(value: Any) -> str:
     """A value as the user wrote it, JSON-quoted, shortened."""
+    if _is_int(value):
+        return limits.short(value)
     try:
         text = json.dumps(_thaw(value), ensure_ascii=False, default=str)
     except (TypeError, ValueError):
-        text = repr(value)
+        try:
+            text = repr(value)
+        except ValueError:  # an integer inside of more digits than Python prints
+            text = f"<{_type_name(value)}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -459,48 +466,45 @@ def _is_int(value: Any) -> bool:
 
 
 def _parse_float(value: Any) -> float | None:
-    """A finite float from a number or a numeric string (``"1e-4"``), else ``None``."""
+    """A finite float from a number or a numeric string (``"1e-4"``), else ``None`` (also for NaN, infinities
+    and integers too large for a float)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            result = float(value)
+        elif isinstance(value, str):
             result = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):
         return None
     return result if math.isfinite(result) else None
 
 
 def _parse_int(value: Any) -> int | None:
-    """An int from an integer or an integer string (``"3"``), else ``None``."""
+    """An int from an integer or an integer string (``"3"``), else ``None`` (also for a string of more
+    digits than Python converts)."""
     if _is_int(value):
         return int(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # more than sys.get_int_max_str_digits() digits
+            return None
     return None
 
 
-def _in_bounds(value: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        return False
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        return False
-    return True
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
-
-
-def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {_fmt(lo)}"
-    return f"{'<' if hi_open else '<='} {_fmt(hi)}" if hi is not None else "any number"
+def _not_finite(value: Any) -> bool:
+    """Whether ``value`` spells NaN or an infinity (``.nan``, ``"inf"``, ``1e999``)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value.strip()))
+        except ValueError:
+            return False
+    return False
 
 
 def _freeze(value: Any) -> Any:
@@ -538,6 +542,9 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_MAX_GUESSES = 50
+
+
 class _Ctx:
     """Collects problems; every check reports here and goes on."""
 
@@ -547,9 +554,19 @@ class _Ctx:
         # the checks across blocks even when another parameter (and so the search block) is invalid.
         self.parameters: list[tuple[int, ParameterSpec, bool]] = []
 
+        self.guesses_left = _MAX_GUESSES
+
     def add(self, path: str, message: str) -> Any:
         self.problems.append(Problem(path, message))
         return _INVALID
+
+    def guess(self, value: str, choices: Collection[str]) -> str | None:
+        """:func:`_suggest`, for the first :data:`_MAX_GUESSES` misspellings of a document only (each costs a
+        fuzzy match against every choice; a document of thousands of unknown keys is no typo)."""
+        if self.guesses_left <= 0:
+            return None
+        self.guesses_left -= 1
+        return _suggest(value, choices)
 
 
 def _flag(ctx: _Ctx, path: str, message: str) -> bool:
@@ -565,25 +582,32 @@ Check = Callable[[Any, str, _Ctx], Any]
 # Value checks: (value, path, ctx) -> parsed value, or _INVALID after reporting
 # --------------------------------------------------------------------------------------------------
 
-def _int(lo: int | None = None, hi: int | None = None) -> Check:
+def _int(lo: int | None = None, hi: int | None = None, unit: str = "") -> Check:
+    """An integer in ``[lo, hi]``; ``unit`` names what it counts in the message (``limits.Bound``)."""
+    bound = Bound(lo, hi, unit=unit)
+
     def check(value: Any, path: str, ctx: _Ctx) -> Any:
         if not _is_int(value):
             return ctx.add(path, f"{_show(value)} is not an integer")
-        if not _in_bounds(value, lo, hi, False, False):
-            return ctx.add(path, f"{value} is out of range: must be {_bounds_text(lo, hi, False, False)}")
-        return value
+        message = bound.problem(value, limits.short(value))
+        return value if message is None else ctx.add(path, message)
+    check.bound = bound  # type: ignore[attr-defined]
     return check
 
 
 def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> Check:
+           hi_open: bool = False, unit: str = "") -> Check:
+    """A finite number (or numeric string) in the interval; NaN and infinities are refused."""
+    bound = Bound(lo, hi, lo_open, hi_open, unit)
+
     def check(value: Any, path: str, ctx: _Ctx) -> Any:
-        number = _parse_float(value) if not isinstance(value, (list, dict)) else None
+        number = _parse_float(value)
         if number is None:
-            return ctx.add(path, f"{_show(value)} is not a number")
-        if not _in_bounds(number, lo, hi, lo_open, hi_open):
-            return ctx.add(path, f"{_show(value)} is out of range: must be {_bounds_text(lo, hi, lo_open, hi_open)}")
-        return number
+            what = "a finite number" if _not_finite(value) or _is_int(value) else "a number"
+            return ctx.add(path, f"{_show(value)} is not {what}")
+        message = bound.problem(number, _show(value))
+        return number if message is None else ctx.add(path, message)
+    check.bound = bound  # type: ignore[attr-defined]
     return check
 
 
@@ -610,7 +634,7 @@ def _enum(choices: Sequence[str]) -> Check:
         if isinstance(value, str) and value in choices:
             return value
         message = f"{_show(value)} is not one of: {', '.join(choices)}"
-        guess = _suggest(value, choices) if isinstance(value, str) else None
+        guess = ctx.guess(value, choices) if isinstance(value, str) else None
         return ctx.add(path, message + (f'; did you mean "{guess}"?' if guess else ""))
     return check
 
@@ -629,15 +653,16 @@ def _str_list(item: Check, *, unique: bool = True) -> Check:
     def check(value: Any, path: str, ctx: _Ctx) -> Any:
         if not isinstance(value, (list, tuple)):
             return ctx.add(path, f"{_show(value)} is {_type_name(value)}, not a list")
-        out, ok = [], True
+        out, seen, ok = [], set(), True
         for i, v in enumerate(value):
             parsed = item(v, f"{path}[{i}]", ctx)
             if parsed is _INVALID:
                 ok = False
-            elif unique and parsed in out:
+            elif unique and parsed in seen:
                 ok = _flag(ctx, f"{path}[{i}]", f"{_show(v)} is listed twice")
             else:
                 out.append(parsed)
+                seen.add(parsed)
         return tuple(out) if ok else _INVALID
     return check
 
@@ -685,7 +710,7 @@ def _section(data: Any, path: str, spec: Sequence[_F], ctx: _Ctx,
         elif key in extra:
             ctx.add(_join(path, key), extra[key])
         elif key not in known:
-            guess = _suggest(key, known)
+            guess = ctx.guess(key, known)
             ctx.add(_join(path, key), "unknown field" + (f'; did you mean "{guess}"?' if guess else "")
                     + f" (fields here: {', '.join(known)})")
     out: dict[str, Any] = {}
@@ -743,7 +768,8 @@ def _check_feasible(ptype: str, fs: dict[str, Any], raw: Mapping[str, Any], path
                 continue
             number = _parse_float(fs[key])
             if number is None:
-                ctx.add(_join(path, key), f"{_show(fs[key])} is not a number")
+                what = "a finite number" if _not_finite(fs[key]) else "a number"
+                ctx.add(_join(path, key), f"{_show(fs[key])} is not {what}")
             elif ptype == "int" and _parse_int(fs[key]) is None:
                 ctx.add(_join(path, key), f"{_show(fs[key])} is not an integer (parameterType int)")
             else:
@@ -751,12 +777,17 @@ def _check_feasible(ptype: str, fs: dict[str, Any], raw: Mapping[str, Any], path
         lo, hi, step = parsed.get("min"), parsed.get("max"), parsed.get("step")
         if lo is not None and hi is not None and lo >= hi:
             ctx.add(_join(path, "max"), f"max {fs['max']} must be greater than min {fs['min']}")
+        elif lo is not None and hi is not None and not math.isfinite(hi - lo):
+            ctx.add(_join(path, "max"), f"the range {fs['min']}..{fs['max']} is wider than a float holds")
         if step is not None:
             if step <= 0:
                 ctx.add(_join(path, "step"), f"{_show(fs['step'])} must be > 0")
             elif lo is not None and hi is not None and lo < hi and step > hi - lo:
                 ctx.add(_join(path, "step"), f"{_show(fs['step'])} is larger than the range "
                                              f"{fs['min']}..{fs['max']}")
+            elif lo is not None and hi is not None and lo < hi and (hi - lo) / step > limits.MAX_GRID_STEPS:
+                ctx.add(_join(path, "step"), f"{_show(fs['step'])} makes more than {limits.MAX_GRID_STEPS:,} "
+                                             f"values between {fs['min']} and {fs['max']}; use a larger step")
         if fs.get("distribution") in ("logUniform", "logNormal") and lo is not None and lo <= 0:
             ctx.add(_join(path, "min"), f"{_show(fs['min'])} must be > 0 for distribution "
                                         f"{fs['distribution']} (a log scale has no zero)")
@@ -773,9 +804,13 @@ def _check_feasible(ptype: str, fs: dict[str, Any], raw: Mapping[str, Any], path
         elif "list" in fs:
             if not fs["list"]:
                 ctx.add(_join(path, "list"), "must not be empty")
+            elif len(fs["list"]) > limits.MAX_LIST_VALUES:
+                ctx.add(_join(path, "list"), f"{len(fs['list'])} values: at most {limits.MAX_LIST_VALUES}")
             if ptype == "discrete":
                 for i, v in enumerate(fs["list"]):
-                    if _parse_float(v) is None:
+                    if _parse_float(v) is None and _not_finite(v):
+                        ctx.add(f"{_join(path, 'list')}[{i}]", f"{_show(v)} is not a finite number")
+                    elif _parse_float(v) is None:
                         ctx.add(f"{_join(path, 'list')}[{i}]", f"{_show(v)} is not a number (parameterType "
                                                                "discrete takes numbers; use categorical for words)")
 
@@ -809,6 +844,8 @@ def _parameters(value: Any, path: str, ctx: _Ctx) -> Any:
         return ctx.add(path, f"{_show(value)} is {_type_name(value)}, not a list of parameters")
     if not value:
         return ctx.add(path, "must list at least one parameter to search")
+    if len(value) > limits.MAX_PARAMETERS:
+        return ctx.add(path, f"{len(value)} parameters: at most {limits.MAX_PARAMETERS} can be searched at once")
     params, seen, ok, before = [], {}, True, len(ctx.problems)
     for i, item in enumerate(value):
         mark = len(ctx.problems)
@@ -830,6 +867,8 @@ def _settings(value: Any, path: str, ctx: _Ctx) -> Any:
     What the names and values mean is checked by the algorithm itself (:func:`_check_settings`)."""
     if not isinstance(value, (list, tuple)):
         return ctx.add(path, f"{_show(value)} is {_type_name(value)}, not a list of {{name, value}}")
+    if len(value) > limits.MAX_SETTINGS:
+        return ctx.add(path, f"{len(value)} settings: an algorithm takes a few, at most {limits.MAX_SETTINGS}")
     out, seen, ok = [], set(), True
     for i, item in enumerate(value):
         ipath = f"{path}[{i}]"
@@ -876,7 +915,7 @@ def _check_settings(run: Callable[[], Any], registry_path: str, block_path: str,
             message = problem.message
             if message.startswith("unknown setting"):
                 where = where.replace(".value", ".name")
-                guess = _suggest(name, known)
+                guess = ctx.guess(name, known)
                 message = f"{_show(name)}: {message}" + (f'; did you mean "{guess}"?' if guess else "")
             elif where.endswith(".value"):
                 message = f"{name}: {message}"
@@ -953,13 +992,14 @@ _SEARCH_FIELDS = (
     _F("earlyStopping", "early_stopping",
        _algorithm_block(EarlyStoppingSpec, EARLY_STOPPING_ALGORITHMS, "early-stopping rule"),
        dump=lambda a: _dump_algorithm(a)),
-    _F("parallelTrialCount", "parallel_trial_count", _int(lo=1)),
-    _F("maxTrialCount", "max_trial_count", _int(lo=1), required=True, hint="the trial budget, e.g. 24"),
-    _F("maxFailedTrialCount", "max_failed_trial_count", _int(lo=0)),
+    _F("parallelTrialCount", "parallel_trial_count", _int(1, limits.MAX_PARALLEL_TRIALS, "trials")),
+    _F("maxTrialCount", "max_trial_count", _int(1, limits.MAX_TRIALS, "trials"), required=True,
+       hint="the trial budget, e.g. 24"),
+    _F("maxFailedTrialCount", "max_failed_trial_count", _int(0, limits.MAX_TRIALS, "trials")),
     _F("parameters", "parameters", _parameters, required=True, hint="the hyperparameters to search",
        dump=lambda ps: to_katib_parameters(ps)),
-    _F("finalists", "finalists", _int(lo=0)),
-    _F("finalistRuns", "finalist_runs", _int(lo=1)),
+    _F("finalists", "finalists", _int(0, limits.MAX_TRIALS, "trials")),
+    _F("finalistRuns", "finalist_runs", _int(1, limits.MAX_TRAINING_RUNS, "training runs")),
 )
 #: The ``search`` keys that are Katib's (the rest are kftune's own).
 KATIB_SEARCH_KEYS: tuple[str, ...] = ("objective", "algorithm", "earlyStopping", "parallelTrialCount",
@@ -1039,9 +1079,15 @@ def _search(value: Any, path: str, ctx: _Ctx) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 def _column(value: Any, path: str, ctx: _Ctx) -> Any:
-    if _is_int(value) or (isinstance(value, str) and value.strip()):
+    if _is_int(value):
+        message = _COLUMN_INDEX.problem(value)
+        return value if message is None else ctx.add(path, message)
+    if isinstance(value, str) and value.strip():
         return value
     return ctx.add(path, f"{_show(value)} is {_type_name(value)}; give a column name or a 0-based index")
+
+
+_COLUMN_INDEX = Bound(-limits.MAX_COLUMN, limits.MAX_COLUMN, unit="column index")
 
 
 def _columns(value: Any, path: str, ctx: _Ctx) -> Any:
@@ -1101,7 +1147,7 @@ _CORPUS_FIELDS = (
     _F("sha256", "sha256", _str(_SHA256, "a sha256 checksum (64 lowercase hex digits)")),
     _F("textColumn", "text_column", _columns),
     _F("labelColumn", "label_column", _column),
-    _F("tokenColumn", "token_column", _int()),
+    _F("tokenColumn", "token_column", _int(-limits.MAX_COLUMN, limits.MAX_COLUMN, "column index")),
     _F("tagScheme", "tag_scheme", _enum(TAG_SCHEMES)),
     _F("delimiter", "delimiter", _delimiter),
     _F("header", "header", _bool),
@@ -1110,9 +1156,9 @@ _CORPUS_FIELDS = (
     _F("labelPrefix", "label_prefix", _str()),
     _F("encoding", "encoding", _encoding),
     _F("tokenizer", "tokenizer", lambda v, p, c: _tokenizer(v, p, c), dump=lambda t: t.to_spec()),
-    _F("downsample", "downsample", _float(0, 1, lo_open=True)),
-    _F("devFraction", "dev_fraction", _float(0, 1, lo_open=True, hi_open=True)),
-    _F("seed", "seed", _int(lo=0)),
+    _F("downsample", "downsample", _float(0, 1, lo_open=True, unit="fraction of the training examples")),
+    _F("devFraction", "dev_fraction", _float(0, 1, lo_open=True, hi_open=True, unit="fraction of train")),
+    _F("seed", "seed", _int(0, limits.MAX_SEED, "seed (32-bit)")),
 )
 #: Format options and the formats that take them.
 FORMAT_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -1284,16 +1330,16 @@ def _dump_lr(spec: LrRangeTestSpec) -> dict[str, Any]:
 
 
 _TRAIN_FIELDS = (
-    _F("maxEpochs", "max_epochs", _int(lo=1)),
-    _F("patience", "patience", _int(lo=0)),
-    _F("trainingRuns", "training_runs", _int(lo=1)),
-    _F("seed", "seed", _int(lo=0)),
+    _F("maxEpochs", "max_epochs", _int(1, limits.MAX_EPOCHS, "epochs")),
+    _F("patience", "patience", _int(0, limits.MAX_EPOCHS, "epochs")),
+    _F("trainingRuns", "training_runs", _int(1, limits.MAX_TRAINING_RUNS, "training runs")),
+    _F("seed", "seed", _int(0, limits.MAX_SEED, "seed (32-bit)")),
     _F("device", "device", _enum(DEVICES)),
     _F("precision", "precision", _enum(PRECISIONS)),
     _F("embeddingsStorageMode", "embeddings_storage_mode", _enum(EMBEDDINGS_STORAGE_MODES)),
-    _F("minLearningRate", "min_learning_rate", _float(0)),
-    _F("evalBatchSize", "eval_batch_size", _int(lo=1)),
-    _F("numThreads", "num_threads", _int(lo=1)),
+    _F("minLearningRate", "min_learning_rate", _float(0, limits.MAX_LEARNING_RATE, unit="learning rate")),
+    _F("evalBatchSize", "eval_batch_size", _int(1, limits.MAX_BATCH_SIZE, "examples per batch")),
+    _F("numThreads", "num_threads", _int(1, limits.MAX_THREADS, "threads")),
     _F("keepBest", "keep_best", _bool),
 )
 
@@ -1328,8 +1374,8 @@ def _tolerations(value: Any, path: str, ctx: _Ctx) -> Any:
 
 
 _RESOURCES_FIELDS = (
-    _F("trialGPU", "trial_gpu", _int(lo=0)),
-    _F("finalGPU", "final_gpu", _int(lo=0)),
+    _F("trialGPU", "trial_gpu", _int(0, limits.MAX_GPUS, "GPUs per pod")),
+    _F("finalGPU", "final_gpu", _int(0, limits.MAX_GPUS, "GPUs per pod")),
     _F("trialCPU", "trial_cpu", _quantity),
     _F("finalCPU", "final_cpu", _quantity),
     _F("trialMemory", "trial_memory", _quantity),
@@ -1378,6 +1424,7 @@ def _spec_fields() -> tuple[_F, ...]:
 def _probe_parameter_values(params: Sequence[tuple[int, ParameterSpec]], task_type: str,
                             model_validator: ModelValidator, names: Collection[str] | None, ctx: _Ctx) -> None:
     """Check each value a parameter can take (list entries; min and max) as a value of its hyperparameter."""
+    found_for: dict[tuple[str, str], list[Problem]] = {}  # the same value of the same name is checked once
     for i, p in params:
         if names is not None and p.name not in names:
             continue  # reported as an unknown hyperparameter
@@ -1385,10 +1432,13 @@ def _probe_parameter_values(params: Sequence[tuple[int, ParameterSpec]], task_ty
         probes = ([(f"list[{j}]", v) for j, v in enumerate(fs.list)] if fs.list
                   else [(k, v) for k, v in (("min", fs.min), ("max", fs.max)) if v is not None])
         for where, text in probes:
-            try:
-                found = model_validator({p.name: text}, task_type, "probe")
-            except ConfigError as exc:
-                found = exc.problems
+            found = found_for.get((p.name, text))
+            if found is None:
+                try:
+                    found = model_validator({p.name: text}, task_type, "probe")
+                except ConfigError as exc:
+                    found = exc.problems
+                found_for[(p.name, text)] = found
             for problem in found:
                 if problem.path == f"probe.{p.name}":  # not combination rules with the other defaults
                     ctx.add(f"spec.search.parameters[{i}].feasibleSpace.{where}",
@@ -1422,7 +1472,7 @@ def _cross_checks(values: dict[str, Any], raw: Mapping[str, Any], ctx: _Ctx,
     if hyperparameter_names is not None:
         for i, p, _ in ctx.parameters:
             if p.name not in hyperparameter_names:
-                guess = _suggest(p.name, hyperparameter_names)
+                guess = ctx.guess(p.name, hyperparameter_names)
                 ctx.add(f"spec.search.parameters[{i}].name",
                         f"{_show(p.name)} is not a hyperparameter kftune's models have"
                         + (f'; did you mean "{guess}"?' if guess else "") + " (see docs/spec.md)")
@@ -1492,6 +1542,24 @@ def _job(data: Any, ctx: _Ctx, model_validator: ModelValidator | None,
         return _INVALID
     return TuningJob(name=name, spec=spec, namespace=meta.get("namespace"),
                      labels=meta.get("labels", MappingProxyType({})))
+
+
+def field_bounds() -> dict[str, Bound]:
+    """The interval (and unit) of every bounded numeric field of the spec, by path (``spec.train.maxEpochs``).
+
+    ``docs/spec.md`` ("Limits") lists them; ``kftune.nlp.config.HYPERPARAMETER_BOUNDS`` has the model's.
+    The ``lrRangeTest`` fields and algorithm settings are bounded by their own classes (see docs/spec.md).
+    """
+    out: dict[str, Bound] = {}
+    for path, section in (("spec.corpus", _CORPUS_FIELDS), ("spec.search", _SEARCH_FIELDS),
+                          ("spec.train", _TRAIN_FIELDS), ("spec.resources", _RESOURCES_FIELDS)):
+        for f in section:
+            bound = getattr(f.check, "bound", None)
+            if bound is not None and (bound.lo is not None or bound.hi is not None):
+                out[f"{path}.{f.key}"] = bound
+        if path == "spec.corpus":
+            out["spec.corpus.textColumn"] = out["spec.corpus.labelColumn"] = _COLUMN_INDEX
+    return out
 
 
 def spec_problems(data: Any, *, model_validator: ModelValidator | None = None,

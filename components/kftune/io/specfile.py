@@ -1,7 +1,15 @@
 """Reading TuningJob spec files: YAML in, :class:`kftune.core.spec.TuningJob` out, or every problem at once.
 
 - YAML is read with PyYAML's safe loader (no object construction from tags).
-- A YAML syntax error becomes a :class:`ConfigError` whose source is ``FILE:LINE:COLUMN``.
+- Limits, checked before and while parsing, so that no input can hang the loader, exhaust its memory or
+  end in a traceback: the file's size (:data:`MAX_SPEC_BYTES`, checked before it is read), control
+  characters (named with their line and column), nesting depth (:data:`MAX_DEPTH`, aliases expanded),
+  the number of values with every alias expanded (:data:`MAX_NODES`: a "billion laughs" document stops at
+  the alias that crosses it), recursive aliases (``a: &x [*x]``), and numbers longer than
+  :data:`MAX_NUMBER_CHARS` characters. All of them are checked while the document is composed, before any
+  Python object is built and before the node graph is walked.
+- A YAML syntax error, a limit crossed or a value YAML cannot build (``2001-13-45``) becomes a
+  :class:`ConfigError` whose source is ``FILE:LINE:COLUMN``.
 - A key written twice in one mapping (YAML silently keeps the last) is a problem too.
 - Each problem's message ends with the line it refers to, ``(line 31)`` (for a missing field, the line
   of the block that lacks it), while its path stays the field path; problems come in line order.
@@ -13,10 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Collection
 
 import yaml
+from yaml.constructor import SafeConstructor
+from yaml.error import Mark
+from yaml.events import AliasEvent, CollectionStartEvent, Event
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kftune.core.errors import ConfigError, Problem
@@ -25,6 +37,155 @@ from kftune.core.spec import ModelValidator, TuningJob, job_to_dict, parse_spec
 log = logging.getLogger(__name__)
 
 _NLP_CONFIG = "kftune.nlp.config"
+
+#: The largest spec file (bytes of UTF-8): the examples are about 5 KiB. PyYAML's pure-Python scanner takes up
+#: to about 2 s per MiB of the slowest text (multi-line plain or folded scalars) on a shared CPU, so that 256 KiB
+#: keeps every input that passes this check under a second.
+MAX_SPEC_BYTES = 256 << 10
+#: The deepest nesting of mappings and lists, aliases expanded: a spec needs 6.
+MAX_DEPTH = 64
+#: The most values (scalars, mappings, lists) in a document with every alias expanded: the examples have
+#: about 300. Composing and checking this many takes well under a second.
+MAX_NODES = 5_000
+#: The longest number (characters): no field takes more than 20 digits; longer ones only cost time
+#: (``1:1:1:...`` is a base-60 integer that grows with every part).
+MAX_NUMBER_CHARS = 100
+
+# What YAML cannot hold (its reader refuses these): C0 controls but tab, LF and CR; DEL; C1 controls but
+# NEL; surrogates; U+FFFE and U+FFFF.
+_NOT_PRINTABLE = re.compile(r"[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
+
+
+class _Refused(Exception):
+    """Input the loader will not build: a limit crossed, a recursive alias, a value YAML cannot construct."""
+
+    def __init__(self, message: str, mark: Mark | None):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting while it composes the node graph.
+
+    Every node is counted as it is composed, and every alias as the number of nodes its anchor stands for
+    (known when the alias is met: an anchor's node is complete by then, unless the alias is inside it,
+    which is a recursive alias and refused). So the count is the size of the document with every alias
+    expanded, reached in time linear in the text, and a "billion laughs" stops at the alias that crosses
+    :data:`MAX_NODES`. Depth is tracked the same way: an alias reaches as deep as its anchor's height
+    below the alias. Numbers longer than :data:`MAX_NUMBER_CHARS` are refused before ``int()`` sees them,
+    and any error a constructor raises (``2001-13-45`` read as a date) is refused with the node's line.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._depth = 0                               # collections open now
+        self._reach = 0                               # deepest level reached in the node being composed
+        self._nodes = 0                               # nodes so far, aliases expanded
+        self._open: set[str] = set()                  # anchors of the collections being composed
+        self._anchored: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, height) of its node
+
+    def _count(self, nodes: int, event: Event, alias: str | None) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_NODES:
+            if alias is not None:
+                raise _Refused(f"the alias *{alias} makes the document expand to more than {MAX_NODES:,} values "
+                               "(aliases of aliases: a \"billion laughs\"); a spec is far smaller",
+                               event.start_mark)
+            raise _Refused(f"more than {MAX_NODES:,} values; a spec is far smaller", event.start_mark)
+
+    def _reach_to(self, level: int, event: Event, alias: str | None) -> None:
+        self._reach = max(self._reach, level)
+        if level > MAX_DEPTH:
+            what = f"the alias *{alias} expands to" if alias is not None else "nested"
+            raise _Refused(f"{what} more than {MAX_DEPTH} levels deep; a spec needs about 6", event.start_mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            anchor = event.anchor
+            if anchor in self._open:
+                raise _Refused(f"the alias *{anchor} is inside the node &{anchor} it refers to (a recursive "
+                               "alias); a spec cannot contain itself", event.start_mark)
+            if anchor in self._anchored:  # else undefined: the composer says so
+                nodes, height = self._anchored[anchor]
+                self._count(nodes, event, anchor)
+                self._reach_to(self._depth + height, event, anchor)
+            return super().compose_node(parent, index)
+        first, outer_reach = self._nodes, self._reach
+        self._reach = self._depth
+        self._count(1, event, None)
+        anchor = getattr(event, "anchor", None)
+        collection = isinstance(event, CollectionStartEvent)
+        if collection:
+            self._depth += 1
+            self._reach_to(self._depth, event, None)
+            if anchor is not None:
+                self._open.add(anchor)
+        node = super().compose_node(parent, index)
+        if collection:
+            self._depth -= 1
+            self._open.discard(anchor)
+        if anchor is not None:
+            self._anchored[anchor] = (self._nodes - first, self._reach - self._depth)
+        self._reach = max(outer_reach, self._reach)
+        return node
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]
+            shown = f"{node.value!r} " if isinstance(node, ScalarNode) and len(node.value) <= 40 else ""
+            detail = f" ({exc})" if isinstance(exc, ValueError) and str(exc) else ""
+            raise _Refused(f"{shown}is not a valid {kind}{detail}", node.start_mark) from None
+
+
+def _bounded_number(construct: Any) -> Any:
+    def check(loader: _BoundedLoader, node: ScalarNode) -> Any:
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise _Refused(f"a number of {len(node.value):,} characters; no field takes one longer than "
+                           f"{MAX_NUMBER_CHARS}", node.start_mark)
+        return construct(loader, node)
+    return check
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _bounded_number(SafeConstructor.construct_yaml_int))
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _bounded_number(SafeConstructor.construct_yaml_float))
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based (line, column) of ``text[index]``, counting line breaks as YAML does."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
+
+
+def _too_large(size: str, source: str) -> None:
+    raise ConfigError([Problem("", f"{size} bytes; a spec is at most {MAX_SPEC_BYTES:,} bytes (256 KiB), and "
+                                   "nothing was parsed")], source)
+
+
+def _check_text(text: str, source: str) -> None:
+    """The limits on the text itself: its size, and characters YAML cannot hold (with line and column)."""
+    if len(text) > MAX_SPEC_BYTES:  # at least as many bytes as characters
+        _too_large(f"at least {len(text):,}", source)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        _too_large(f"{size:,}", source)
+    match = _NOT_PRINTABLE.search(text)
+    if match is None:
+        return
+    char = match.group()
+    line, column = _position(text, match.start())
+    name = unicodedata.name(char, "")
+    what = (f"control character U+{ord(char):04X}" if unicodedata.category(char) == "Cc"
+            else f"character U+{ord(char):04X}" + (f" ({name})" if name else ""))
+    more = len(_NOT_PRINTABLE.findall(text)) - 1
+    others = f" (and {more:,} more)" if more else ""
+    raise ConfigError([Problem("", f"{what} at line {line}, column {column}{others}: YAML cannot hold it; a spec is "
+                                   "plain text, so remove it")], f"{source}:{line}:{column}")
 
 
 def model_hooks() -> tuple[ModelValidator | None, Collection[str] | None]:
@@ -97,10 +258,28 @@ def parse_spec_text(text: str, source: str = "<string>", *,
     Unless given, the model validator and hyperparameter names come from :func:`model_hooks`
     (``use_model_hooks=False`` turns that off). Raises :class:`ConfigError` with every problem.
     """
-    loader = yaml.SafeLoader(text)
     try:
+        return _parse(text, source, model_validator, hyperparameter_names, use_model_hooks)
+    except RecursionError:  # not reachable within the limits above: a last line of defence
+        raise ConfigError([Problem("", f"nested too deeply to check (more than {MAX_DEPTH} levels?)")],
+                          source) from None
+    except MemoryError:
+        raise ConfigError([Problem("", "too large to check in the memory available")], source) from None
+
+
+def _load(text: str, source: str) -> tuple[Node | None, Any]:
+    """The YAML document as a node graph (for lines) and as Python data, within the limits."""
+    _check_text(text, source)
+    loader = None
+    try:
+        loader = _BoundedLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        if exc.mark is None:
+            raise ConfigError([Problem("", exc.message)], source) from None
+        line, column = exc.mark.line + 1, exc.mark.column + 1
+        raise ConfigError([Problem("", f"{exc.message} (line {line})")], f"{source}:{line}:{column}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -113,7 +292,14 @@ def parse_spec_text(text: str, source: str = "<string>", *,
     except yaml.YAMLError as exc:
         raise ConfigError([Problem("", f"YAML syntax error: {exc}")], source) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+def _parse(text: str, source: str, model_validator: ModelValidator | None,
+           hyperparameter_names: Collection[str] | None, use_model_hooks: bool) -> TuningJob:
+    node, data = _load(text, source)
     if data is None:
         raise ConfigError([Problem("", "the file is empty; a TuningJob spec starts with "
                                        "`apiVersion: kftune.dev/v1alpha1` (see examples/)")], source)
@@ -147,7 +333,14 @@ def load_spec(path: str | Path, **kwargs: Any) -> TuningJob:
     source = str(path)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        size = file.stat().st_size
+        if size > MAX_SPEC_BYTES:  # before reading any of it
+            _too_large(f"{size:,}", source)
+        with file.open("rb") as stream:  # a pipe or a device may say 0 and never end: read one byte more
+            data = stream.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            _too_large(f"more than {MAX_SPEC_BYTES:,}", source)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("", "no such file; give the path of a TuningJob spec "
                                        "(examples/ has specs to start from)")], source) from None

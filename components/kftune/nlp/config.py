@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Literal, Mapping
 
+from kftune.core import limits
 from kftune.core.errors import ConfigError, Problem
+from kftune.core.limits import Bound
 
 TaskType = Literal["text_classification", "sequence_labeling"]
 TASK_TYPES: tuple[str, ...] = ("text_classification", "sequence_labeling")
@@ -164,6 +167,11 @@ class Hyperparameters:
             out.append(Problem(f"{path}.word_ngrams",
                                "0 with char_ngram_max 0 leaves the n-gram bag without features; "
                                "set word_ngrams >= 1 or char_ngram_max >= 1"))
+        if self.uses_ngrams and self.ngram_buckets * self.ngram_dim > MAX_NGRAM_WEIGHTS:
+            out.append(Problem(f"{path}.ngram_buckets",
+                               f"{self.ngram_buckets} buckets x ngram_dim {self.ngram_dim} is "
+                               f"{self.ngram_buckets * self.ngram_dim:,} weights, more than 2**30 (4 GiB of "
+                               "fp32, three times that with AdamW); use fewer buckets or a smaller ngram_dim"))
         if self.char_ngram_max and self.char_ngram_min > self.char_ngram_max:
             out.append(Problem(f"{path}.char_ngram_min",
                                f"{self.char_ngram_min} is larger than char_ngram_max {self.char_ngram_max}"))
@@ -200,10 +208,12 @@ class TrainerConfig:
         problems: list[Problem] = []
         values: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
+        unknown = 0
         for raw_key, raw in (mapping or {}).items():
             key = _snake(str(raw_key))
             if key not in known:
-                problems.append(Problem(f"{path}.{raw_key}", _unknown(str(raw_key), known)))
+                unknown += 1
+                problems.append(Problem(f"{path}.{raw_key}", _unknown(str(raw_key), known, unknown <= _MAX_GUESSES)))
                 continue
             try:
                 values[key] = _TRAINER_SPECS[key].coerce(raw)
@@ -279,8 +289,21 @@ def validate_model_block(model: Any, task_type: str | None, path: str = "spec.mo
 
 @dataclass(frozen=True)
 class _Spec:
+    """How one field is read (``coerce``: Katib string or YAML value -> typed value, ``ValueError`` if it
+    cannot be), the interval a number must lie in (with its unit), and any further check."""
+
     coerce: Callable[[Any], Any]
-    check: Callable[[Any], str | None] = field(default=lambda v: None)
+    bound: Bound | None = None
+    extra: Callable[[Any], str | None] = field(default=lambda v: None)
+
+    def check(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if self.bound is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            message = self.bound.problem(value)
+            if message:
+                return message
+        return self.extra(value)
 
 
 def _to_bool(value: Any) -> bool:
@@ -298,27 +321,38 @@ def _to_bool(value: Any) -> bool:
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(f"{limits.short(value)} is not a number")
     try:
         out = float(value)
+    except OverflowError:  # an int beyond a float's range
+        raise ValueError(f"{limits.short(value)} is not a finite number") from None
     except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number") from None
+        raise ValueError(f"{limits.short(value)} is not a number") from None
     if not math.isfinite(out):
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{limits.short(value)} is not a finite number")
     return out
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
+        raise ValueError(f"{limits.short(value)} is not an integer")
     if isinstance(value, int):
         return value
+    text = str(value).strip() if isinstance(value, (str, float)) else None
+    if text is not None and _INTEGER.fullmatch(text):
+        try:
+            return int(text)  # exact, also beyond a float's 53 bits
+        except ValueError:  # more digits than Python converts
+            raise ValueError(f"{limits.short(value)} is not an integer of a usable size") from None
     try:
-        as_float = float(str(value).strip())
+        as_float = float(text) if text is not None else None
     except ValueError:
-        raise ValueError(f"{value!r} is not an integer") from None
-    if not as_float.is_integer():
-        raise ValueError(f"{value!r} is not an integer")
+        as_float = None
+    if as_float is None or not as_float.is_integer():
+        raise ValueError(f"{limits.short(value)} is not an integer")
     return int(as_float)
 
 
@@ -344,10 +378,12 @@ def _choice(options: Iterable[str]) -> Callable[[Any], str]:
 def _to_int_tuple(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         parts = [p for p in value.replace(";", ",").replace(" ", ",").strip("[]()").split(",") if p]
-    elif isinstance(value, Iterable):
+    elif isinstance(value, (list, tuple)):
         parts = list(value)
     else:
         parts = [value]
+    if len(parts) > MAX_KERNEL_SIZES:
+        raise ValueError(f"{len(parts)} kernel sizes: at most {MAX_KERNEL_SIZES}")
     try:
         out = tuple(_to_int(p) for p in parts)
     except ValueError:
@@ -361,22 +397,11 @@ def _to_str(value: Any) -> str:
     return str(value).strip()
 
 
-def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if v is None:
-            return None
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            return f"{v!r} is too small; it must be {'>' if lo_open else '>='} {lo:g}"
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            return f"{v!r} is too large; it must be {'<' if hi_open else '<='} {hi:g}"
-        return None
-    return check
-
-
 def _kernels_check(v: tuple[int, ...]) -> str | None:
-    bad = [k for k in v if k < 1]
-    return f"kernel sizes must be >= 1, got {list(v)}" if bad else None
+    bad = [k for k in v if not _KERNEL_SIZE.contains(k)]
+    if not bad:
+        return None
+    return f"kernel size {_KERNEL_SIZE.problem(bad[0])} (the sizes: {limits.short(list(v))})"
 
 
 def _clip_coerce(value: Any) -> float | None:
@@ -384,72 +409,94 @@ def _clip_coerce(value: Any) -> float | None:
     return None if out == 0 else out
 
 
+#: Most kernel widths a CNN takes, and the interval of one width.
+MAX_KERNEL_SIZES = 16
+_KERNEL_SIZE = Bound(1, 64, unit="tokens")
+#: The n-gram bag's weights (``ngram_buckets x ngram_dim``): 2**30 floats are 4 GiB, three times that with
+#: AdamW's moments, and the same again in each checkpoint.
+MAX_NGRAM_WEIGHTS = 2**30
+
+_PROBABILITY = Bound(0, 1, hi_open=True, unit="probability")
+_LR = Bound(0, limits.MAX_LEARNING_RATE, lo_open=True, unit="learning rate")
+_EPOCHS = Bound(0, limits.MAX_EPOCHS, unit="epochs")
+_BATCH = Bound(1, limits.MAX_BATCH_SIZE, unit="examples per batch")
+
 _SPECS: dict[str, _Spec] = {
     "optimizer": _Spec(_choice(OPTIMIZERS)),
-    "learning_rate": _Spec(_to_float, _range(0, lo_open=True)),
-    "mini_batch_size": _Spec(_to_int, _range(1)),
-    "mini_batch_chunk_size": _Spec(_optional(_to_int), _range(1)),
-    "weight_decay": _Spec(_to_float, _range(0)),
-    "momentum": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "learning_rate": _Spec(_to_float, _LR),
+    "mini_batch_size": _Spec(_to_int, _BATCH),
+    "mini_batch_chunk_size": _Spec(_optional(_to_int), _BATCH),
+    "weight_decay": _Spec(_to_float, Bound(0, 1, unit="decay coefficient")),
+    "momentum": _Spec(_to_float, Bound(0, 1, hi_open=True, unit="momentum coefficient")),
     "scheduler": _Spec(_choice(SCHEDULERS)),
-    "anneal_factor": _Spec(_to_float, _range(0, 1, lo_open=True, hi_open=True)),
-    "anneal_patience": _Spec(_to_int, _range(0)),
-    "warmup_fraction": _Spec(_to_float, _range(0, 1, hi_open=True)),
-    "cyclic_base_lr": _Spec(_optional(_to_float), _range(0, lo_open=True)),
-    "cyclic_max_lr": _Spec(_optional(_to_float), _range(0, lo_open=True)),
-    "clip_grad_norm": _Spec(_clip_coerce, _range(0, lo_open=True)),
-    "embedding_dim": _Spec(_to_int, _range(0)),
-    "min_word_freq": _Spec(_to_int, _range(1)),
+    "anneal_factor": _Spec(_to_float, Bound(0, 1, lo_open=True, hi_open=True, unit="factor")),
+    "anneal_patience": _Spec(_to_int, _EPOCHS),
+    "warmup_fraction": _Spec(_to_float, Bound(0, 1, hi_open=True, unit="fraction of all steps")),
+    "cyclic_base_lr": _Spec(_optional(_to_float), _LR),
+    "cyclic_max_lr": _Spec(_optional(_to_float), _LR),
+    "clip_grad_norm": _Spec(_clip_coerce, Bound(0, 1e6, lo_open=True, unit="gradient norm")),
+    "embedding_dim": _Spec(_to_int, Bound(0, 8192, unit="dimensions")),
+    "min_word_freq": _Spec(_to_int, Bound(1, 10**9, unit="occurrences")),
     "pretrained_embeddings": _Spec(_optional(_to_str)),
     "freeze_pretrained": _Spec(_to_bool),
     "char_embeddings": _Spec(_choice(CHAR_EMBEDDINGS)),
-    "char_embedding_dim": _Spec(_to_int, _range(1)),
-    "char_hidden_size": _Spec(_to_int, _range(1)),
+    "char_embedding_dim": _Spec(_to_int, Bound(1, 1024, unit="dimensions")),
+    "char_hidden_size": _Spec(_to_int, Bound(1, 4096, unit="hidden units")),
     "transformer": _Spec(_optional(_to_str)),
-    "casing_embedding_dim": _Spec(_to_int, _range(0, 256)),
+    "casing_embedding_dim": _Spec(_to_int, Bound(0, 256, unit="dimensions")),
     "lowercase_words": _Spec(_to_bool),
-    "dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
-    "word_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
-    "locked_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "dropout": _Spec(_to_float, _PROBABILITY),
+    "word_dropout": _Spec(_to_float, _PROBABILITY),
+    "locked_dropout": _Spec(_to_float, _PROBABILITY),
     "document_encoder": _Spec(_choice(DOCUMENT_ENCODERS)),
-    "hidden_size": _Spec(_to_int, _range(1)),
-    "rnn_layers": _Spec(_to_int, _range(1)),
+    "hidden_size": _Spec(_to_int, Bound(1, 8192, unit="hidden units")),
+    "rnn_layers": _Spec(_to_int, Bound(1, 16, unit="layers")),
     "bidirectional": _Spec(_to_bool),
-    "cnn_kernel_sizes": _Spec(_to_int_tuple, _kernels_check),
-    "cnn_filters": _Spec(_to_int, _range(1)),
+    "cnn_kernel_sizes": _Spec(_to_int_tuple, extra=_kernels_check),
+    "cnn_filters": _Spec(_to_int, Bound(1, 4096, unit="filters per kernel size")),
     "use_rnn": _Spec(_to_bool),
     "use_crf": _Spec(_to_bool),
     "reproject_embeddings": _Spec(_to_bool),
-    "max_length": _Spec(_to_int, _range(1)),
+    "max_length": _Spec(_to_int, Bound(1, 100_000, unit="tokens")),
     "ngram_features": _Spec(_to_bool),
-    "ngram_dim": _Spec(_to_int, _range(1, 1024)),
-    "ngram_buckets": _Spec(_to_int, _range(1, 1 << 24)),
-    "word_ngrams": _Spec(_to_int, _range(0, 5)),
-    "char_ngram_min": _Spec(_to_int, _range(1, 10)),
-    "char_ngram_max": _Spec(_to_int, _range(0, 10)),
-    "ngram_dropout": _Spec(_to_float, _range(0, 1, hi_open=True)),
+    "ngram_dim": _Spec(_to_int, Bound(1, 1024, unit="dimensions")),
+    "ngram_buckets": _Spec(_to_int, Bound(1, 1 << 24, unit="hash buckets")),
+    "word_ngrams": _Spec(_to_int, Bound(0, 5, unit="tokens (n-gram order)")),
+    "char_ngram_min": _Spec(_to_int, Bound(1, 10, unit="characters")),
+    "char_ngram_max": _Spec(_to_int, Bound(0, 10, unit="characters")),
+    "ngram_dropout": _Spec(_to_float, _PROBABILITY),
     "ngram_weighting": _Spec(_choice(NGRAM_WEIGHTINGS)),
 }
 
 _TRAINER_SPECS: dict[str, _Spec] = {
-    "max_epochs": _Spec(_to_int, _range(1)),
-    "patience": _Spec(_to_int, _range(0)),
-    "training_runs": _Spec(_to_int, _range(1)),
-    "seed": _Spec(_to_int, _range(0)),
+    "max_epochs": _Spec(_to_int, Bound(1, limits.MAX_EPOCHS, unit="epochs")),
+    "patience": _Spec(_to_int, _EPOCHS),
+    "training_runs": _Spec(_to_int, Bound(1, limits.MAX_TRAINING_RUNS, unit="training runs")),
+    "seed": _Spec(_to_int, Bound(0, limits.MAX_SEED, unit="seed (32-bit)")),
     "device": _Spec(_choice(DEVICES)),
     "precision": _Spec(_choice(PRECISIONS)),
     "embeddings_storage_mode": _Spec(_choice(STORAGE_MODES)),
-    "min_learning_rate": _Spec(_to_float, _range(0)),
-    "eval_batch_size": _Spec(_optional(_to_int), _range(1)),
-    "num_threads": _Spec(_optional(_to_int), _range(1)),
+    "min_learning_rate": _Spec(_to_float, Bound(0, limits.MAX_LEARNING_RATE, unit="learning rate")),
+    "eval_batch_size": _Spec(_optional(_to_int), _BATCH),
+    "num_threads": _Spec(_optional(_to_int), Bound(1, limits.MAX_THREADS, unit="threads")),
     "keep_best": _Spec(_to_bool),
 }
+
+#: The interval (and unit) of every numeric hyperparameter and trainer setting (``docs/spec.md`` lists them).
+HYPERPARAMETER_BOUNDS: Mapping[str, Bound] = {
+    **{k: v.bound for k, v in _SPECS.items() if v.bound is not None},
+    "cnn_kernel_sizes": _KERNEL_SIZE,  # each width (at most MAX_KERNEL_SIZES of them)
+}
+TRAINER_BOUNDS: Mapping[str, Bound] = {k: v.bound for k, v in _TRAINER_SPECS.items() if v.bound is not None}
 
 HYPERPARAMETER_NAMES: frozenset[str] = frozenset(f.name for f in fields(Hyperparameters))
 TRAINER_FIELD_NAMES: frozenset[str] = frozenset(f.name for f in fields(TrainerConfig))
 
 if set(_SPECS) != HYPERPARAMETER_NAMES or set(_TRAINER_SPECS) != TRAINER_FIELD_NAMES:  # pragma: no cover
     raise RuntimeError("config.py: every field needs a coercion spec")
+
+
+_MAX_GUESSES = 20
 
 
 def _snake(name: str) -> str:
@@ -463,19 +510,21 @@ def _snake(name: str) -> str:
     return "".join(out).lstrip("_")
 
 
-def _unknown(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1)
+def _unknown(name: str, known: Iterable[str], guess: bool = True) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1) if guess else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown setting {name!r}{hint}"
 
 
 def _coerce_all(mapping: Mapping[str, Any], path: str, problems: list[Problem]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    unknown = 0
     for key, raw in mapping.items():
         name = str(key)
         if name not in _SPECS:
-            problems.append(Problem(f"{path}.{name}",
-                                    _unknown(name, HYPERPARAMETER_NAMES) + " (a hyperparameter name is expected)"))
+            unknown += 1  # a "did you mean" for the first few only: each is a fuzzy match against every name
+            problems.append(Problem(f"{path}.{name}", _unknown(name, HYPERPARAMETER_NAMES, unknown <= _MAX_GUESSES)
+                                    + " (a hyperparameter name is expected)"))
             continue
         try:
             values[name] = _SPECS[name].coerce(raw)

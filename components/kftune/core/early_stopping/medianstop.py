@@ -26,6 +26,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
+from kftune.core import limits
 from kftune.core.samplers.base import SettingsReader
 from kftune.core.trials import Objective, Trial, check_objective, is_better
 
@@ -58,8 +59,8 @@ class MedianStop:
                       **_: Any) -> "MedianStop":
         """Read Katib ``algorithmSettings``; :class:`ConfigError` for unknown names or bad values."""
         r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
-        out = cls(min_trials_required=r.int("min_trials_required", 3, minimum=1),  # type: ignore[arg-type]
-                  start_step=r.int("start_step", 4, minimum=1))  # type: ignore[arg-type]
+        out = cls(min_trials_required=r.int("min_trials_required", 3, minimum=1, maximum=limits.MAX_TRIALS, unit="trials"),  # type: ignore[arg-type]
+                  start_step=r.int("start_step", 4, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs"))  # type: ignore[arg-type]
         r.done()
         return out
 

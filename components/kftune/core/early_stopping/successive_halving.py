@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
+from kftune.core import limits
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.samplers.base import SettingsReader
 from kftune.core.trials import Objective, Trial, check_objective, sign
@@ -139,9 +140,9 @@ class SuccessiveHalving:
                       max_epochs: int | None = None) -> "SuccessiveHalving":
         """Read ``algorithmSettings``; ``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
         r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
-        eta = r.int("eta", cls.eta, minimum=2)  # the class's field default: 2, ASHA's 3
-        max_budget = r.int("max_budget", max_epochs, minimum=1)
-        min_budget = r.int("min_budget", default_min_budget(max_budget), minimum=1)
+        eta = r.int("eta", cls.eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")  # the class's field default: 2, ASHA's 3
+        max_budget = r.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
+        min_budget = r.int("min_budget", default_min_budget(max_budget), minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
         r.done()
         if max_budget is None:
             raise ConfigError([Problem(f"{SETTINGS_PATH}.max_budget",

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kftune.core import limits
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.space import SearchSpace
 from kftune.core.trials import Assignment, Objective, Trial, check_history, check_objective
@@ -46,6 +47,8 @@ from kftune.core.trials import Assignment, Objective, Trial, check_history, chec
 log = logging.getLogger(__name__)
 
 SETTINGS_PATH = "spec.search.algorithm.algorithmSettings"
+#: The upper bound of a float setting that names none of its own (e.g. TPE's ``prior_weight``).
+_MAX_FLOAT_SETTING = 1e6
 
 
 def normalize_settings(settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
@@ -96,19 +99,28 @@ class SettingsReader:
     def _bad(self, name: str, message: str) -> None:
         self.problems.append(Problem(f"{self.path}.{name}", f"{self.values[name]!r}: {message}"))
 
-    def int(self, name: str, default: int | None, *, minimum: int | None = None) -> int | None:
-        """The setting as an int (``default`` when absent), at least ``minimum``."""
+    def int(self, name: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None,
+            unit: str = "") -> int | None:
+        """The setting as an int (``default`` when absent) in ``[minimum, maximum]``; ``unit`` for the message."""
         if name not in self.values:
             return default
         try:
             value = int(self.values[name])
-        except ValueError:
+        except ValueError:  # also for more digits than Python converts
             self._bad(name, "is not an integer")
             return default
+        units = f" (units: {unit})" if unit else ""
         if minimum is not None and value < minimum:
-            self._bad(name, f"must be >= {minimum}")
+            self._bad(name, f"must be >= {minimum}{units}")
+            return default
+        if maximum is not None and value > maximum:
+            self._bad(name, f"must be <= {maximum}{units}")
             return default
         return value
+
+    def seed(self, name: str) -> int | None:
+        """A seed setting (``random_state``): an int in ``[0, 2**32-1]``, ``None`` when absent."""
+        return self.int(name, None, minimum=0, maximum=limits.MAX_SEED, unit="seed (32-bit)")
 
     def float(self, name: str, default: float | None, *, low: float | None = None, high: float | None = None,
               low_open: bool = True, high_open: bool = False) -> float | None:
@@ -120,6 +132,8 @@ class SettingsReader:
         except ValueError:
             self._bad(name, "is not a number")
             return default
+        if high is None:
+            high, high_open = _MAX_FLOAT_SETTING, False
         ok = np.isfinite(value)
         if ok and low is not None:
             ok = value > low if low_open else value >= low

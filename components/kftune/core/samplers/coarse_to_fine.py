@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from kftune.core import limits
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.samplers.base import SETTINGS_PATH, Sampler, SettingsReader, derive_seed
 from kftune.core.space import SearchSpace, narrow
@@ -78,11 +79,11 @@ class CoarseToFineSampler(Sampler):
                        max_trials: int | None) -> CoarseToFineConfig:
         r = SettingsReader(settings, known=self.known_settings, algorithm=self.name)
         d = CoarseToFineConfig()
-        rounds = r.int("rounds", d.rounds, minimum=1)
-        top_k = r.int("top_k", d.top_k, minimum=1)
+        rounds = r.int("rounds", d.rounds, minimum=1, maximum=limits.MAX_TRIALS, unit="rounds")
+        top_k = r.int("top_k", d.top_k, minimum=1, maximum=limits.MAX_TRIALS, unit="trials")
         shrink = r.float("shrink", d.shrink, low=0, high=1)
-        round_size = r.int("round_size", None, minimum=1)
-        random_state = r.int("random_state", None)
+        round_size = r.int("round_size", None, minimum=1, maximum=limits.MAX_TRIALS, unit="trials")
+        random_state = r.seed("random_state")
         r.done()
         if round_size is None:
             if max_trials is None:

@@ -111,7 +111,7 @@ class GridSampler(Sampler):
     def _read_settings(self, space: SearchSpace, settings: Mapping[str, Any] | None,
                        max_trials: int | None) -> _Grid:
         r = SettingsReader(settings, known=self.known_settings, algorithm=self.name)
-        points = r.int("default_points", None, minimum=2)
+        points = r.int("default_points", None, minimum=2, maximum=10_000, unit="values per parameter")
         r.done()
         problems = []
         for i, p in enumerate(space):

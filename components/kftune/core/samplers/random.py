@@ -24,7 +24,7 @@ class RandomSampler(Sampler):
     def _read_settings(self, space: SearchSpace, settings: Mapping[str, Any] | None,
                        max_trials: int | None) -> int | None:
         r = SettingsReader(settings, known=self.known_settings, algorithm=self.name)
-        random_state = r.int("random_state", None)
+        random_state = r.seed("random_state")
         r.done()
         return random_state
 

@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from kftune.core import limits
 from kftune.core.samplers.base import Sampler, SettingsReader, derive_seed, usable_history
 from kftune.core.space import SearchSpace
 from kftune.core.trials import Assignment, Objective, Trial, sign
@@ -95,11 +96,11 @@ class TPESampler(Sampler):
         r = SettingsReader(settings, known=self.known_settings, algorithm=self.name)
         d = TPEConfig()
         cfg = TPEConfig(
-            random_state=r.int("random_state", None),
+            random_state=r.seed("random_state"),
             gamma=r.float("gamma", d.gamma, low=0, high=1, high_open=True),  # type: ignore[arg-type]
-            n_EI_candidates=r.int("n_EI_candidates", d.n_EI_candidates, minimum=1),  # type: ignore[arg-type]
+            n_EI_candidates=r.int("n_EI_candidates", d.n_EI_candidates, minimum=1, maximum=100_000, unit="candidates"),  # type: ignore[arg-type]
             prior_weight=r.float("prior_weight", d.prior_weight, low=0),  # type: ignore[arg-type]
-            n_startup_jobs=r.int("n_startup_jobs", d.n_startup_jobs, minimum=0),  # type: ignore[arg-type]
+            n_startup_jobs=r.int("n_startup_jobs", d.n_startup_jobs, minimum=0, maximum=limits.MAX_TRIALS, unit="trials"),  # type: ignore[arg-type]
         )
         r.done()
         return cfg
