@@ -412,6 +412,15 @@ def suggest(
     prefix = f"{search_prefix(run_id)}/trials"
     records = [get_json(root, key) for key in root.list(prefix) if key.endswith(".json")]
     trials = history_from_records(records)
+    running = [t.id for t in trials if t.state == "running"]
+    if running:  # every trial task of the previous round has ended (the barrier): someone else writes this run
+        from kftune.core.errors import DataError
+
+        raise DataError(
+            f"trial record(s) {', '.join(running)} of run {run_id!r} say running, but every trial task of this "
+            f"pipeline's earlier rounds has ended: another driver (a second pipeline run or `kftune search` with "
+            f"the same run id) is writing this run, or a trial pod died without a result. Give this run its own "
+            f"run_id, or delete those records to have them re-run ({root.uri_for(prefix)})")
     policy = SearchPolicy.from_job(job, space=space)
     width = parallel_trials if parallel_trials > 0 else policy.parallel
     if finalists:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.prometheus", "tests.fixtures.kfp_api", "tests.fixtures.models"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.faulty_proxy", "tests.fixtures.prometheus",
+                  "tests.fixtures.kfp_api", "tests.fixtures.models"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = (REPO.parent / "shared" / "corpora").resolve()

@@ -18,8 +18,8 @@ import pytest
 from kftune.core.errors import ArtifactNotFoundError, ConfigError
 from kftune.io.local_store import LocalStore
 from kftune.io.s3_store import S3Settings, S3Store, S3StoreError, S3UnavailableError, is_transient, parse_s3_uri
-from kftune.io.store import (TEMP_MARKER, ArtifactStore, get_json, get_text, open_store, put_json,
-                             put_text)
+from kftune.io.store import (TEMP_MARKER, ArtifactStore, ConditionalWrites, get_json, get_text, open_store,
+                             put_json, put_text)
 from tests.fixtures.s3 import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 MiB = 1024 * 1024
@@ -174,6 +174,44 @@ def test_json_and_text_helpers(store: ArtifactStore) -> None:
     assert get_text(store, "r/card.md") == "# Card\n\u00e9\n"
     with pytest.raises(ArtifactNotFoundError):
         get_json(store, "r/missing.json")
+
+
+def test_conditional_writes_are_compare_and_swap(store: ArtifactStore) -> None:
+    """What the run lease relies on: create-if-absent, replace-if-unchanged, delete-if-unchanged."""
+    assert isinstance(store, ConditionalWrites)
+    key = "runs/r1/search/lease.json"
+    first = store.put_if_absent(key, b"A")
+    assert first and store.get_versioned(key) == (b"A", first)
+    assert store.put_if_absent(key, b"B") is None and store.get_bytes(key) == b"A"  # the second create loses
+    second = store.put_if_version(key, b"C", first)
+    assert second and second != first and store.get_versioned(key) == (b"C", second)
+    assert store.put_if_version(key, b"D", first) is None and store.get_bytes(key) == b"C"  # stale version
+    assert store.delete_if_version(key, first) is False and store.exists(key)
+    assert store.delete_if_version(key, second) is True and not store.exists(key)
+    assert store.put_if_version(key, b"E", second) is None and not store.exists(key)  # gone
+    assert store.delete_if_version(key, second) is False
+    with pytest.raises(ArtifactNotFoundError):
+        store.get_versioned(key)
+    assert store.list("runs") == []  # the local store's lock files are hidden
+
+
+def test_local_conditional_create_has_one_winner_among_threads(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    for attempt in range(5):
+        barrier = threading.Barrier(8)
+        wins: list[int] = []
+
+        def create(i: int) -> None:
+            barrier.wait()
+            if store.put_if_absent(f"k{attempt}", str(i).encode()):
+                wins.append(i)
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1 and store.get_bytes(f"k{attempt}") == str(wins[0]).encode()
 
 
 def test_uris(store: ArtifactStore) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kfp import dsl
 
-from kftune.core.errors import ConfigError
+from kftune.core.errors import ConfigError, DataError
 from kftune.core.search_policy import SearchPolicy, finalist_key, trial_key
 from kftune.core.space import SearchSpace
 from kftune.core.spec import parse_spec
@@ -317,3 +317,19 @@ def test_warm_start_narrows_the_space_around_earlier_runs_best_trials(tmp_path: 
     off = _space_step(tmp_path, spec, warm_start=False)
     assert off["parameters"] == cold["parameters"]
     assert "The LR range test is off" in (tmp_path / "s.md").read_text()
+
+
+def test_suggest_refuses_to_plan_while_a_record_says_running(tmp_path: Path) -> None:
+    """A second driver on the run (or a trial pod that died without a result) leaves a record that says
+    running after the barrier: suggest says so instead of ending the search as "exhausted" around it."""
+    spec = _spec(algorithm={"algorithmName": "random"}, finalists=0, maxTrialCount=4)
+    spec["spec"]["search"].pop("earlyStopping")
+    job_spec = tmp_path / "job_spec.json"
+    job_spec.write_text(json.dumps(spec))
+    root = str(tmp_path / "store")
+    put_json(open_store(root), trial_key("r1", "trial-0000"),
+             {"id": "trial-0000", "index": 0, "kind": "trial", "round": 0, "assignment": {"learning_rate": 0.01},
+              "state": "running", "objective": None, "intermediate": [], "budget": 0, "budget_asked": 4})
+    with pytest.raises(DataError, match="trial-0000 of run 'r1' say running"):
+        C.suggest(job_spec=dsl.Artifact(uri=str(job_spec)), search_space=_space_json(spec), run_id="r1",
+                  store=root, round_index=1, search_rounds=2, parallel_trials=0, finalists=False, history=[])

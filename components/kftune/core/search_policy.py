@@ -39,7 +39,7 @@ noisy. The top ``search.finalists`` completed trials are each re-trained with ex
 every seed's value. A finalist whose extra run failed ranks after every finalist without a failure.
 
 Store layout (keys only; no I/O here): :func:`trial_key`, :func:`finalist_key`, :func:`checkpoint_key`,
-:func:`round_key` under ``runs/<run>/search/``.
+:func:`round_key`, :func:`lease_key` under ``runs/<run>/search/``.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ def checkpoint_key(run_id: str, trial_id: str, seed: int) -> str:
 def round_key(run_id: str, round_index: int) -> str:
     """The key of the plan of round ``round_index`` (written before its trials start)."""
     return f"{search_prefix(run_id)}/rounds/round-{int(round_index):04d}.json"
+
+
+def lease_key(run_id: str) -> str:
+    """The key of the run's lease: the one search driver that may write the run now (:mod:`kftune.io.lease`)."""
+    return f"{search_prefix(run_id)}/lease.json"
 
 
 def trial_id_for(index: int) -> str:

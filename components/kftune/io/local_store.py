@@ -8,19 +8,27 @@ Writes are atomic: the bytes go to a temporary file in the target's own director
 opens the old file or the complete new one, never a part; a crash leaves at most a stray temporary
 file, which :meth:`LocalStore.list` skips. ``get_file`` writes its destination the same way.
 
+Conditional writes (:class:`~kftune.io.store.ConditionalWrites`, for leases): a version is the sha256 of the
+file's bytes; each compare-and-swap runs under an exclusive ``flock`` on a hidden sidecar file beside the
+object (``.kftune-tmp-lock-<name>``; Linux maps it to a POSIX lock on NFS, so it holds across hosts sharing
+a volume), and a create links the fully written temporary file to the key, which fails if any file is there
+(an ``O_EXCL`` create that never shows a partial object).
+
 One difference from S3 is inherent to a file system: a key cannot be both an object and a "directory"
 (``a`` and ``a/b``); writing the second raises :class:`FileExistsError`/:class:`NotADirectoryError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from kftune.core.errors import ArtifactNotFoundError
 from kftune.io.store import TEMP_MARKER, check_key, check_prefix, is_under
@@ -170,3 +178,72 @@ class LocalStore:
                 if is_under(key, prefix):
                     keys.append(key)
         return sorted(keys)
+
+    # conditional writes (ConditionalWrites) --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[Path]:
+        """Hold an exclusive lock for compare-and-swap on ``key`` (a no-op where the platform has no flock)."""
+        target = self.path_for(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = target.with_name(f"{TEMP_MARKER}lock-{target.name}")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except (ImportError, OSError) as exc:  # no fcntl (Windows) or a file system without locks
+                log.debug("no lock for %s (%s): compare-and-swap relies on link() alone", target, exc)
+            yield target
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @staticmethod
+    def _version(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def _current_version(self, target: Path) -> str | None:
+        try:
+            return self._version(target.read_bytes())
+        except OSError as exc:
+            if exc.errno in _NOT_FOUND_ERRNOS:
+                return None
+            raise
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, self._version(data)
+
+    def put_if_absent(self, key: str, data: bytes) -> str | None:
+        with self._locked(key) as target:
+            if target.exists():
+                return None
+            tmp = target.with_name(f"{TEMP_MARKER}{secrets.token_hex(6)}-{target.name}")
+            atomic_write(tmp, lambda fh: fh.write(data))
+            try:
+                os.link(tmp, target)  # fails if anything is at target: an exclusive create of the whole file
+            except FileExistsError:
+                return None
+            except OSError as exc:  # a file system without hard links: we hold the lock, so rename
+                log.debug("link %s failed (%s); renaming under the lock", target, exc)
+                os.replace(tmp, target)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            _fsync_dir(target.parent)
+            return self._version(data)
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        with self._locked(key) as target:
+            if self._current_version(target) != version:
+                return None
+            atomic_write(target, lambda fh: fh.write(data))
+            return self._version(data)
+
+    def delete_if_version(self, key: str, version: str) -> bool:
+        with self._locked(key) as target:
+            if self._current_version(target) != version:
+                return False
+            os.unlink(target)
+            return True

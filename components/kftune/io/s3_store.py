@@ -10,6 +10,10 @@ Where the server is and who we are comes from the environment only, never from a
 ``KFTUNE_S3_SECURE``         ``true``/``false``: HTTPS or HTTP (default: from the endpoint's scheme, else true)
 ``KFTUNE_S3_REGION``         optional region (saves a GetBucketLocation request per bucket)
 ``KFTUNE_S3_CA_BUNDLE``      optional PEM file of CA certificates for a private TLS endpoint
+``KFTUNE_S3_RETRIES``        retries of a failed request after the first try (default 4: 5 attempts)
+``KFTUNE_S3_TIMEOUT``        seconds to wait for the server to answer or send more bytes (default 60; the
+                             connect timeout is the smaller of this and 10 s), so a hung connection ends
+``KFTUNE_S3_BACKOFF``        base of the exponential backoff between attempts, in seconds (default 0.5)
 ===========================  ==========================================================================
 
 Credentials never appear in a repr, a log line or an error message raised here.
@@ -17,10 +21,18 @@ Credentials never appear in a repr, a log line or an error message raised here.
 Atomicity: an S3 PUT (single or multipart) is atomic: readers see the old object or the whole new one.
 ``get_file`` downloads to a temporary file beside the destination and renames it into place.
 
-Transient failures (connection errors, timeouts, HTTP 5xx and 429, ``SlowDown``, ``RequestTimeout``,
-``InternalError``, ``ServiceUnavailable``) are retried with exponential backoff and jitter, a bounded
-number of times; then :class:`S3UnavailableError` says what failed and where. Every operation is
-idempotent (whole-object PUT, GET, HEAD, DELETE, LIST), so retrying one is safe.
+Transient failures (connection refused or reset, connect and read timeouts, HTTP 5xx and 429, ``SlowDown``,
+``RequestTimeout``, ``InternalError``, ``ServiceUnavailable``) are retried with exponential backoff and
+jitter, a bounded number of times (``KFTUNE_S3_RETRIES``; the wait before retry ``n`` is drawn from
+``[d/2, d]``, ``d = min(8 s, KFTUNE_S3_BACKOFF * 2**(n-1))``); then one :class:`S3UnavailableError` names
+the operation, the object's URI, the endpoint, the attempts and what to check. Every operation is
+idempotent (whole-object PUT, GET, HEAD, DELETE, LIST), so retrying one is safe; a conditional PUT that is
+retried after its first try landed answers "precondition failed", which :mod:`kftune.io.lease` resolves by
+reading the object back.
+
+Conditional writes (:class:`~kftune.io.store.ConditionalWrites`, for the run lease): ``If-None-Match: *`` and
+``If-Match: <ETag>`` on PUT, ``If-Match`` on DELETE (S3 since 2024, MinIO, moto). A server that ignores
+these headers is detected by :mod:`kftune.io.lease`, which then verifies its writes by reading them back.
 """
 
 from __future__ import annotations
@@ -47,7 +59,10 @@ T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "s3.amazonaws.com"
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0
+READ_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 4
+DEFAULT_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 8.0
 _CHUNK = 1024 * 1024
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
@@ -55,6 +70,7 @@ _TRANSIENT_CODES = frozenset({
     "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "InternalServerError",
     "OperationAborted", "TooManyRequests", "XMinioServerNotInitialized",
 })
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 _PERMISSION_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
     "ExpiredToken", "InvalidToken", "AccountProblem",
@@ -73,7 +89,12 @@ class S3StoreError(KftuneError, OSError):
 
 
 class S3UnavailableError(S3StoreError, ConnectionError):
-    """The S3 endpoint kept failing with transient errors until the retries ran out."""
+    """The S3 endpoint kept failing with transient errors until the retries ran out. ``action``, ``uri``,
+    ``endpoint`` and ``attempts`` say what failed where (the message says it too, with what to check)."""
+
+    def __init__(self, message: str, *, action: str = "", uri: str = "", endpoint: str = "", attempts: int = 0):
+        super().__init__(message)
+        self.action, self.uri, self.endpoint, self.attempts = action, uri, endpoint, attempts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,6 +109,9 @@ class S3Settings:
     secure: bool = True
     region: str | None = None
     ca_bundle: str | None = None
+    retries: int = DEFAULT_RETRIES
+    timeout_s: float = READ_TIMEOUT_S
+    backoff_s: float = DEFAULT_BACKOFF_S
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -145,9 +169,14 @@ class S3Settings:
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             problems.append(Problem("KFTUNE_S3_CA_BUNDLE", f"{ca_bundle!r} is not a file; give a PEM file of CA "
                                                            "certificates or unset the variable"))
+        retries = _number(get("KFTUNE_S3_RETRIES"), "KFTUNE_S3_RETRIES", DEFAULT_RETRIES, 0, 20, problems,
+                          integer=True, unit="retries")
+        timeout_s = _number(get("KFTUNE_S3_TIMEOUT"), "KFTUNE_S3_TIMEOUT", READ_TIMEOUT_S, 0.05, 3600.0, problems)
+        backoff_s = _number(get("KFTUNE_S3_BACKOFF"), "KFTUNE_S3_BACKOFF", DEFAULT_BACKOFF_S, 0.0, 60.0, problems)
         if problems:
             raise ConfigError(problems, source="S3 settings from the environment")
         return cls(endpoint=endpoint, secure=secure, region=get("KFTUNE_S3_REGION"), ca_bundle=ca_bundle,
+                   retries=int(retries), timeout_s=timeout_s, backoff_s=backoff_s,
                    access_key=access_key, secret_key=secret_key, session_token=session_token)
 
     def make_client(self, env: Mapping[str, str] | None = None) -> Any:
@@ -158,7 +187,7 @@ class S3Settings:
 
         env = os.environ if env is None else env
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+            timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, self.timeout_s), read=self.timeout_s),
             maxsize=10,
             cert_reqs="CERT_REQUIRED",
             ca_certs=self.ca_bundle or env.get("SSL_CERT_FILE") or certifi.where(),
@@ -167,6 +196,23 @@ class S3Settings:
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
                      session_token=self.session_token, secure=self.secure, region=self.region,
                      http_client=http)
+
+
+def _number(raw: str | None, name: str, default: float, low: float, high: float, problems: list[Problem], *,
+            integer: bool = False, unit: str = "seconds") -> float:
+    """``raw`` as a number in ``[low, high]`` (``default`` when unset); a problem naming ``name`` otherwise."""
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or not low <= value <= high:  # value != value: NaN
+        kind = "an integer" if integer else "a number"
+        problems.append(Problem(name, f"{raw!r} must be {kind} of {unit} from {low:g} to {high:g} "
+                                      f"(default {default:g})"))
+        return default
+    return value
 
 
 def _parse_endpoint(raw: str, problems: list[Problem]) -> tuple[str, bool | None]:
@@ -264,7 +310,8 @@ class S3Store:
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any, endpoint_url: str = "(custom client)",
-                 region: str | None = None, attempts: int = 5, base_delay: float = 0.5, max_delay: float = 8.0,
+                 region: str | None = None, attempts: int = DEFAULT_RETRIES + 1, base_delay: float = DEFAULT_BACKOFF_S,
+                 max_delay: float = MAX_BACKOFF_S,
                  sleep: Callable[[float], None] = time.sleep, part_size: int = 0,
                  secrets: tuple[str, ...] = ()):
         if attempts < 1:
@@ -285,9 +332,11 @@ class S3Store:
     @classmethod
     def from_uri(cls, uri: str, *, env: Mapping[str, str] | None = None, **options: Any) -> "S3Store":
         """The store for ``s3://bucket[/prefix]`` with endpoint and credentials from ``env`` (default
-        ``os.environ``). ``options`` go to the constructor (``attempts``, ``sleep``, ``part_size``, ...)."""
+        ``os.environ``). ``options`` go to the constructor (``attempts``, ``sleep``, ``part_size``, ...) and
+        override ``KFTUNE_S3_RETRIES`` and ``KFTUNE_S3_BACKOFF``."""
         bucket, prefix = parse_s3_uri(uri)
         settings = S3Settings.from_env(env)
+        options = {"attempts": settings.retries + 1, "base_delay": settings.backoff_s, **options}
         store = cls(bucket, prefix, client=settings.make_client(env), endpoint_url=settings.endpoint_url,
                     region=settings.region, secrets=settings.secrets, **options)
         log.debug("opened %r (credentials: %s)", store, "set" if settings.access_key else "anonymous")
@@ -351,6 +400,65 @@ class S3Store:
             raise
         log.info("created bucket %s at %s", uri, self.endpoint_url)
         return True
+
+    # conditional writes (ConditionalWrites) -------------------------------------------------------------
+
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether the client can send conditional headers: ``minio.Minio``'s ``_put_object`` and ``_execute``
+        (minio 7.2) take raw headers; a client without them (a test fake, a future minio) makes
+        :mod:`kftune.io.lease` write and read back instead."""
+        import inspect
+
+        try:
+            return all("headers" in inspect.signature(getattr(self._client, name)).parameters
+                       for name in ("_put_object", "_execute"))
+        except (AttributeError, TypeError, ValueError):
+            return False
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        name, uri = self.object_name(key), self.uri_for(key)
+
+        def fetch() -> tuple[bytes, str]:
+            response = self._client.get_object(self.bucket, name)
+            try:
+                return response.read(), _etag(response.headers.get("etag"))
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._run("download", uri, fetch, not_found=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> str | None:
+        return self._put_if(key, bytes(data), {"If-None-Match": "*"})
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        return self._put_if(key, bytes(data), {"If-Match": f'"{version}"'})
+
+    def delete_if_version(self, key: str, version: str) -> bool:
+        name, uri = self.object_name(key), self.uri_for(key)
+        try:
+            # minio's remove_object takes no headers; _execute is the call it makes, with our condition added.
+            self._run("delete", uri, lambda: self._client._execute(
+                "DELETE", self.bucket, name, headers={"If-Match": f'"{version}"'}))
+        except S3StoreError as exc:
+            if _precondition_failed(exc.__cause__):
+                return False
+            raise
+        return True
+
+    def _put_if(self, key: str, data: bytes, condition: Mapping[str, str]) -> str | None:
+        name, uri = self.object_name(key), self.uri_for(key)
+        headers = {"Content-Type": _content_type(key), **condition}
+        try:
+            # put_object would turn unknown headers into x-amz-meta-* metadata; _put_object sends them as is.
+            result = self._run("upload", uri, lambda: self._client._put_object(self.bucket, name, data,
+                                                                                headers=headers))
+        except S3StoreError as exc:
+            if _precondition_failed(exc.__cause__):
+                return None
+            raise
+        return _etag(getattr(result, "etag", None)) or _etag(self.get_versioned(key)[1])
 
     # reads ----------------------------------------------------------------------------------------------
 
@@ -468,8 +576,10 @@ class S3Store:
                     raise S3UnavailableError(
                         f"{action} {uri} failed after {self.attempts} attempts over "
                         f"{time.monotonic() - start:.1f} s at {self.endpoint_url}: {self._describe(exc)}; the S3 "
-                        "server is unreachable or overloaded (check KFTUNE_S3_ENDPOINT and KFTUNE_S3_SECURE, "
-                        "and that the server is up)") from exc
+                        "server is unreachable, hanging or overloaded (check KFTUNE_S3_ENDPOINT and "
+                        "KFTUNE_S3_SECURE, and that the server is up; KFTUNE_S3_RETRIES and KFTUNE_S3_TIMEOUT set "
+                        "how long to keep trying)", action=action, uri=uri, endpoint=self.endpoint_url,
+                        attempts=self.attempts) from exc
                 if isinstance(exc, S3Error):
                     if exc.code in _MISSING_CODES and not_found:
                         raise ArtifactNotFoundError(uri) from exc
@@ -492,6 +602,19 @@ class S3Store:
                         from exc
                 raise  # local errors (disk full, a missing source file): the caller's to see as they are
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+def _etag(value: Any) -> str:
+    return str(value or "").strip().strip('"')
+
+
+def _precondition_failed(exc: BaseException | None) -> bool:
+    """Whether a conditional request was refused because its condition did not hold (412, or 409/404)."""
+    from minio.error import S3Error
+
+    if exc is None:
+        return False
+    return (isinstance(exc, S3Error) and exc.code in _PRECONDITION_CODES) or _status(exc) == 412
 
 
 def _content_type(key: str) -> str:

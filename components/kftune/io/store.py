@@ -135,3 +135,35 @@ def check_prefix(prefix: str) -> str:
 def is_under(key: str, prefix: str) -> bool:
     """Whether ``key`` is listed by ``list(prefix)``: whole segments, so ``runs/r1`` does not match ``runs/r10/x``."""
     return prefix == "" or key == prefix or key.startswith(prefix + "/")
+
+
+# Conditional writes (appended; optional for a store): what a lease needs to be safe against a racing writer.
+
+
+@runtime_checkable
+class ConditionalWrites(Protocol):
+    """Compare-and-swap on one key, for the stores that offer it (both stores here do).
+
+    A *version* is an opaque string that changes whenever the object changes (an S3 ETag; the sha256 of a
+    local file's bytes). Each write is whole-object and atomic, like ``put_bytes``. ``False`` means the
+    condition did not hold (another writer got there first); errors of the store itself are raised.
+    :mod:`kftune.io.lease` falls back to write-then-read-back for a store without these methods.
+    """
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and version; :class:`~kftune.core.errors.ArtifactNotFoundError` if missing."""
+        ...
+
+    def put_if_absent(self, key: str, data: bytes) -> str | None:
+        """Create ``key`` only if no object is there (S3 ``If-None-Match: *``; a local ``link``/``O_EXCL``);
+        the new version, or ``None`` when an object was there."""
+        ...
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace ``key`` only if it still has ``version`` (S3 ``If-Match``); the new version, or ``None``
+        when the object changed or is gone."""
+        ...
+
+    def delete_if_version(self, key: str, version: str) -> bool:
+        """Delete ``key`` only if it still has ``version``; ``False`` also when it is gone."""
+        ...

@@ -3,6 +3,8 @@
 Exit codes: 0 success; 1 a runtime failure (the message is logged); 2 a usage or config error
 (every problem printed with its field path, nothing started); 130 interrupted by the user;
 143 (128 + SIGTERM) training stopped by SIGTERM after writing a checkpoint (run again with --resume).
+An error class may name its own code in ``exit_code``: 3 (:data:`kftune.io.lease.EXIT_BUSY`) the run is
+driven by another process (its lease is held, or this driver lost it).
 """
 
 from __future__ import annotations
@@ -89,4 +91,4 @@ def run_main(body: Callable[[argparse.Namespace], int | None], parser: argparse.
         return EXIT_TERMINATED
     except KftuneError as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))

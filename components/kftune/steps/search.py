@@ -34,8 +34,20 @@ counter ``trials{state}`` (once per trial, when its state is final), gauges ``be
 ``trials_created`` and ``search_epochs``; each trial pushes ``trial_objective`` and ``trial_epochs``
 in its own group. Checkpoints are deleted at the end unless ``--keep-checkpoints``.
 
+One driver per run: the search holds a lease on the run (``runs/<run>/search/lease.json``,
+:mod:`kftune.io.lease`) from its start to its end, renewed in the background every ``KFTUNE_LEASE_TTL / 4``
+seconds (default TTL 120 s). A second ``kftune search`` on the same store and run id refuses with exit code 3,
+naming the holder (host, pid, since, expiry) and what to do; ``--wait`` waits for the run to be free instead;
+a lease whose holder was a process on this machine that is gone (a ``kill -9``) is taken over at once, one
+whose holder is elsewhere and stopped renewing it is taken over after it expired with ``--take-over`` (or
+``--wait``). A driver that loses its lease stops and kills its trial processes (exit 3; exit 1 when it could
+not renew the lease because the store was unreachable). A resumed search re-runs, from their checkpoints, the
+trials whose records a dead driver left ``running`` (the rounds that planned them say how), and it never
+reports a search finished while a record still says ``running``.
+
 Exit codes: 0 the search finished; 1 it stopped at ``maxFailedTrialCount`` (outputs written) or a
-runtime error; 2 a usage or config error.
+runtime error (an unreachable store: one error naming the operation, the object and the endpoint, after
+``KFTUNE_S3_RETRIES`` retries); 2 a usage or config error; 3 another driver holds the run (or took it over).
 """
 
 from __future__ import annotations
@@ -48,13 +60,14 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, Problem
+from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, KftuneError, Problem
 from kftune.core.search_policy import (SearchPolicy, TrialRequest, Winner, finalist_key, history_from_records,
-                                       round_key, search_prefix, trial_key)
+                                       lease_key, round_key, search_prefix, trial_key)
 from kftune.core.space import SearchSpace
 from kftune.core.spec import TuningJob
 from kftune.core.trials import Trial, sign
@@ -77,7 +90,10 @@ DIED = ("the trial's process died (killed by the system, e.g. out of memory, or 
 class SearchConfig:
     """One search. ``run_id`` defaults to the spec's ``metadata.name``; ``seed`` (the sampler's) to
     ``train.seed``; ``parallel`` overrides ``parallelTrialCount``. ``executor`` ``inline`` runs the
-    trials one after another in this process (debugging, tests) instead of a process pool."""
+    trials one after another in this process (debugging, tests) instead of a process pool.
+    ``take_over``: take the run over from a driver whose lease expired; ``wait``: wait while another driver
+    holds the run, then continue it; ``lease_ttl``: the lease's time to live in seconds (default
+    ``KFTUNE_LEASE_TTL``, else 120)."""
 
     spec: str
     corpus: str
@@ -89,6 +105,9 @@ class SearchConfig:
     executor: Literal["process", "inline"] = "process"
     keep_checkpoints: bool = False
     show_progress: bool = True
+    take_over: bool = False
+    wait: bool = False
+    lease_ttl: float | None = None
 
     def problems(self) -> list[Problem]:
         out = []
@@ -108,6 +127,13 @@ class SearchConfig:
             out.append(Problem("search.parallel", f"{self.parallel!r} must be a positive integer"))
         if self.executor not in EXECUTORS:
             out.append(Problem("search.executor", f"{self.executor!r} is not one of {', '.join(EXECUTORS)}"))
+        if self.lease_ttl is not None:
+            from kftune.io.lease import MAX_TTL_S, MIN_TTL_S
+
+            if isinstance(self.lease_ttl, bool) or not isinstance(self.lease_ttl, (int, float)) \
+                    or not MIN_TTL_S <= self.lease_ttl <= MAX_TTL_S:
+                out.append(Problem("search.lease_ttl", f"{self.lease_ttl!r} must be a number of seconds from "
+                                                       f"{MIN_TTL_S:g} to {MAX_TTL_S:g}"))
         return out
 
 
@@ -321,13 +347,19 @@ class Runner:
     that were in flight are run again one at a time in a fresh pool, so an innocent trial does not
     die with the culprit; one that dies again, alone, gets ``None`` (the caller records it failed).
     Other exceptions propagate.
+
+    ``check`` (the run lease's) is called every :data:`CHECK_S` seconds while trials run, and before each
+    inline trial; when it raises, the pool's processes are killed and the exception propagates.
     """
 
+    CHECK_S = 0.5
+
     def __init__(self, executor: str, workers: int, task: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
-                 preload: Sequence[str] = PRELOAD):
+                 preload: Sequence[str] = PRELOAD, check: Callable[[], None] | None = None):
         self.executor, self.workers = executor, workers
         self.task = task or run_request
         self.preload = list(preload)
+        self.check = check
         self.pool: ProcessPoolExecutor | None = None
 
     def _start(self) -> ProcessPoolExecutor:
@@ -350,17 +382,49 @@ class Runner:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
+    def kill(self) -> None:
+        """Stop the pool now: terminate its processes (their trials stay ``running`` in the journal)."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+        if callable(terminate):
+            terminate()
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _result(self, future: Future) -> dict[str, Any]:
+        if self.check is None:
+            return future.result()
+        while True:
+            try:
+                return future.result(timeout=self.CHECK_S)
+            except FutureTimeout:
+                pass
+            try:
+                self.check()
+            except BaseException:
+                self.kill()
+                raise
+
     def run(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
         """Records in ``payloads`` order; ``None`` for a payload whose process died twice."""
         if self.executor == "inline":
-            return [self.task(p) for p in payloads]
+            out = []
+            for p in payloads:
+                if self.check is not None:
+                    self.check()
+                out.append(self.task(p))
+            return out
         results: list[dict[str, Any] | None] = [None] * len(payloads)
         pool = self._start()
         futures: dict[Future, int] = {pool.submit(self.task, p): i for i, p in enumerate(payloads)}
         broken: list[int] = []
         for f, i in futures.items():
             try:
-                results[i] = f.result()
+                results[i] = self._result(f)
             except BrokenProcessPool:
                 broken.append(i)
         for i in broken:  # one at a time, so that an innocent trial does not die with the culprit
@@ -368,7 +432,7 @@ class Runner:
             log.warning("a trial process died; running trial %s again, alone",
                         getattr(payloads[i].get("trial"), "trial_id", "?"))
             try:
-                results[i] = self._start().submit(self.task, payloads[i]).result()
+                results[i] = self._result(self._start().submit(self.task, payloads[i]))
             except BrokenProcessPool:
                 self._restart()
                 results[i] = None
@@ -449,6 +513,34 @@ class _Search:
             put_json(self.store, key, rec)
             log.warning("trial %s failed: %s", request.trial_id, DIED)
 
+    def stale(self, history: Sequence[Trial], rounds: Sequence[Mapping[str, Any]]) -> list[list[TrialRequest]]:
+        """The trials whose records say ``running`` although no driver runs them (this one holds the lease):
+        left by a driver that was killed. Each comes back as the latest request that planned it, grouped by
+        round, so that :meth:`execute` resumes it from its checkpoint with that round's budget. A running
+        record that no round of this search planned is another program's (``kftune trial``, a pipeline):
+        :class:`DataError`, rather than a search that ends with it still running."""
+        running = {t.id for t in history if t.state == "running"}
+        if not running:
+            return []
+        latest: dict[str, tuple[int, TrialRequest]] = {}
+        for plan in rounds:
+            if plan.get("kind", "trial") != "trial":
+                continue
+            for data in plan.get("requests") or ():
+                if data.get("trial_id") in running:
+                    latest[data["trial_id"]] = (int(plan.get("round", 0)), TrialRequest.from_dict(data))
+        unplanned = sorted(running - set(latest))
+        if unplanned:
+            where = self.store.uri_for(f"{search_prefix(self.run_id)}/trials")
+            raise DataError(
+                f"trial record(s) {', '.join(unplanned)} of run {self.run_id!r} say running, but no round of this "
+                f"search planned them: another program (kftune trial, a pipeline run) is writing this run. Let it "
+                f"finish, or delete those records to have them re-run ({where})")
+        by_round: dict[int, list[TrialRequest]] = {}
+        for r, request in latest.values():
+            by_round.setdefault(r, []).append(request)
+        return [sorted(by_round[r], key=lambda q: q.index) for r in sorted(by_round)]
+
     def count_final(self, history: Sequence[Trial], ended: bool) -> None:
         """Increment ``trials{state}`` once per trial whose state is final (pruned ones: at the end,
         unless medianstop pruned them)."""
@@ -502,9 +594,7 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
     problems = config.problems()
     if problems:
         raise ConfigError(problems)
-    from kftune._progress import Progress
-    from kftune.io.metrics import sinks_from_env
-    from kftune.io.store import open_store, put_json
+    from kftune.io.store import open_store
 
     started = time.perf_counter()
     if job is None:
@@ -513,6 +603,24 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
         job = load_spec(config.spec)
     run_id = config.run_id or job.name
     store = open_store(config.store)
+    from kftune.io.lease import RunLease
+
+    lease = RunLease(store, lease_key(run_id), run_id=run_id, ttl_s=config.lease_ttl)
+    lease.acquire(take_over=config.take_over, wait=config.wait)
+    lease.start_heartbeat()
+    try:
+        return _run_holding(config, job, store, run_id, lease, sinks, started)
+    finally:
+        lease.release()
+
+
+def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, lease: Any, sinks: Any,
+                 started: float) -> SearchResult:
+    """:func:`run` while holding the run's lease (``lease.check()`` before each round and the outputs)."""
+    from kftune._progress import Progress
+    from kftune.io.metrics import sinks_from_env
+    from kftune.io.store import put_json
+
     prefix = search_prefix(run_id)
     resuming = store.exists(f"{prefix}/settings.json")
     seed, parallel = _pin(store, prefix, job, config)
@@ -531,7 +639,7 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
     threads = job.spec.train.num_threads or max(1, cpu_cores() // parallel)
     own_sink = sinks is None
     sink = sinks if sinks is not None else sinks_from_env("search", run_id=run_id)
-    runner = Runner(config.executor, parallel)
+    runner = Runner(config.executor, parallel, check=lease.check)
     search = _Search(config, job, store, run_id, policy, runner, threads, sink)
     log.info("search %s: %s over %d parameter(s), %s, %d trial(s) at most, %d at a time (%d CPU thread(s) each), "
              "budget %d epoch(s)%s", run_id, policy.search.algorithm.algorithm_name, len(space),
@@ -568,14 +676,30 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
                     search.execute([TrialRequest.from_dict(r) for r in last["requests"]],
                                    [t for t in history if t.id in ids])
                     _, history = load_history(store, run_id)
+            rerun: set[str] = set()
             while True:
+                lease.check()
+                # records a killed driver left "running": resume them (once) before planning on them
+                stale = [group for group in search.stale(history, rounds)
+                         if not {q.trial_id for q in group} <= rerun]
+                if stale:
+                    for group in stale:
+                        rerun.update(q.trial_id for q in group)
+                        plan = next(r for r in rounds if int(r.get("round", -1)) == group[0].round)
+                        ids = set(plan.get("judged") or ())
+                        log.info("round %d: resuming %s, left running by an earlier driver", group[0].round,
+                                 ", ".join(q.trial_id for q in group))
+                        search.execute(group, [t for t in history if t.id in ids])
+                    _, history = load_history(store, run_id)
+                    continue
                 requests = policy.plan(history, next_round)
                 if not requests:
                     break
                 judged = search.judged(history)
-                put_json(store, round_key(run_id, next_round),
-                         {"round": next_round, "kind": "trial", "requests": [r.to_dict() for r in requests],
-                          "judged": judged})
+                plan = {"round": next_round, "kind": "trial", "requests": [r.to_dict() for r in requests],
+                        "judged": judged}
+                put_json(store, round_key(run_id, next_round), plan)
+                rounds.append(plan)
                 log.info("round %d: %s", next_round, ", ".join(
                     f"{r.trial_id}{' promoted' if r.promotion else ''} to {r.budget} epoch(s)" for r in requests))
                 search.execute(requests, [t for t in history if t.id in set(judged)])
@@ -587,6 +711,12 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
         finally:
             if bar is not None:
                 bar.close()
+        still = sorted(t.id for t in history if t.state == "running")
+        if still:  # never a finished search with trials still running
+            raise KftuneError(
+                f"the search of run {run_id!r} has nothing left to plan, but the records of {', '.join(still)} still "
+                f"say running after they were resumed: another program is writing this run "
+                f"({store.uri_for(prefix)}); rerun when it has finished")
         stop_reason = policy.end_reason(history)
         log.info("search %s: stopped (%s) after %d trial(s)", run_id, stop_reason, len(history))
         finalist_requests = policy.finalist_requests(history, next_round)
@@ -594,13 +724,20 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
             log.info("finalists: re-training %s with seed(s) %s", ", ".join(t.id for t in policy.finalists(history)),
                      ", ".join(map(str, policy.finalist_seeds)))
             search.execute(finalist_requests)
+        lease.check()
         finalist_records = [r for r in load_records(store, f"{prefix}/finalists")
                             if r.get("state") != "running"]
         winner = policy.select_best(history, finalist_records)
         search.count_final(history, ended=True)
         records, history = load_history(store, run_id)
-    finally:
-        runner.close()
+    except BaseException:
+        if lease.lost:  # another driver runs the run now: stop our trials at once
+            runner.kill()
+        else:
+            runner.close()
+        raise
+    runner.close()
+    lease.check()
     result = _finish(config, job, store, run_id, policy, records, history, finalist_records, winner, stop_reason,
                      next_round, lr_note, started)
     if winner is not None:
@@ -683,6 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline", dest="executor", action="store_const", const="inline", default="process",
                    help="run the trials in this process, one after another (no process pool)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the trials' checkpoints at the end")
+    p.add_argument("--wait", action="store_true",
+                   help="if another search drives this run, wait until it ends (or its lease expires), then continue "
+                        "the run, instead of exiting with code 3")
+    p.add_argument("--take-over", action="store_true",
+                   help="continue a run whose driver's lease expired (it stopped renewing it: killed on another "
+                        "machine); a lease that has not expired is never taken")
     add_common_arguments(p)
     return p
 
@@ -690,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(spec=args.spec, corpus=args.corpus, store=args.store, run_id=args.run_id, seed=args.seed,
                         lr_find=args.lr_find, parallel=args.parallel, executor=args.executor,
-                        keep_checkpoints=args.keep_checkpoints)
+                        keep_checkpoints=args.keep_checkpoints, take_over=args.take_over, wait=args.wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
