@@ -11,13 +11,15 @@ A bounded load on 127.0.0.1, in one run:
   the same ones at every client level, for every route and for the in-process measurement.
 - **the servers**: ``kftune serve`` in a subprocess on 127.0.0.1 and a free port, one per server
   configuration (``--config window=MS,batch=N,threads=T``, repeatable; default the server's own defaults,
-  window 5 ms and batch 32, with ``--threads`` torch threads). All of them start first (an idle server costs
+  window 5 ms (waited only under load) and batch 32, one worker, with ``--threads`` torch threads). All of them start first (an idle server costs
   memory, not CPU) and are stopped at the end, also on errors and on SIGTERM.
 - **rounds**: the machine is shared, and its other load drifts; so every (server, route, client level) is
   measured ``--rounds`` times, round by round in turn, and its latencies are pooled, its requests/s being
   all its requests over all its wall time (each round's figure is kept).
 - **the load**: an asyncio load generator in this process, ``C`` clients for each ``C`` of ``--clients``:
-  each client is a coroutine with its own ``httpx.AsyncClient`` (one keep-alive connection; one client with a
+  each client is a coroutine with its own keep-alive connection (``--client raw``, the default: a lean HTTP/1.1
+  client on asyncio streams, since the load generator shares the cores with the server; ``--client httpx``: its
+  own ``httpx.AsyncClient``, where one client with a
   pool shared by 32 coroutines cost the generator 3.8 CPU ms per request here instead of 0.8, and halved the
   throughput) sending its share of the
   ``--requests`` sentences one request at a time (one text per request), after ``--warmup`` unmeasured
@@ -48,7 +50,7 @@ The server and the load generator share the machine: pin the server's torch thre
 Usage::
 
     python benchmarks/serving.py [--model PATH | --work DIR --reviews 15000 --epochs 3] [--requests 2000]
-        [--clients 1,8,32] [--routes predict,v2] [--threads 1] [--config window=5,batch=32 ...] [--rounds 2]
+        [--clients 1,8,32] [--routes predict,v2] [--threads 1] [--config window=5,batch=32,workers=1 ...] [--rounds 2]
         [--name serving]
     python benchmarks/serving.py --render benchmarks/results/serving.json
 
@@ -323,8 +325,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               f"- Requests: the first {report['requests']} non-blank reviews of NSMC's test split, one text per "
               f"request, the same sentences at every level, in each of {report.get('rounds', 1)} round(s); "
               f"{report['warmup']} unmeasured warm-up requests before each level. Each client is a coroutine "
-              "sending its share one request at a time over its own keep-alive connection (asyncio + httpx), in "
-              "the benchmark process.",
+              "sending its share one request at a time over its own keep-alive connection ("
+              + ("asyncio + httpx" if report.get("client") == "httpx" else
+                 "asyncio streams, a lean HTTP/1.1 client: `--client raw`") + "), in the benchmark process.",
               f"- Servers: `kftune serve` on 127.0.0.1: {'; '.join(c['label'] for c in report['configs'])}; torch "
               "threads pinned as stated, kiwipiepy's analyser with one worker per CPU. The load generator runs on "
               f"the same {env['cores']} cores, so every request's client work competes with the server.",
@@ -604,30 +607,36 @@ class ServerConfig:
     window_ms: float
     max_batch: int
     threads: int
+    workers: int = 1
 
     @property
     def label(self) -> str:
-        return f"window {self.window_ms:g} ms, batch <= {self.max_batch}, {self.threads} thread{'s' if self.threads > 1 else ''}"
+        label = (f"window {self.window_ms:g} ms, batch <= {self.max_batch}, "
+                 f"{self.threads} thread{'s' if self.threads > 1 else ''}")
+        return label + (f", {self.workers} workers" if self.workers > 1 else "")
 
     def args(self) -> list[str]:
         return ["--batch-window-ms", f"{self.window_ms:g}", "--max-batch-size", str(self.max_batch),
-                "--threads", str(self.threads)]
+                "--threads", str(self.threads), "--workers", str(self.workers)]
 
     @classmethod
     def parse(cls, text: str, threads: int) -> "ServerConfig":
-        """``window=5,batch=32[,threads=1]``; a missing key takes the server default (threads: ``--threads``)."""
+        """``window=0,batch=32[,threads=1][,workers=1]``; a missing key takes the server default (threads:
+        ``--threads``)."""
         values: dict[str, str] = {}
+        keys = ("window", "batch", "threads", "workers")
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
-            if not sep or key.strip() not in ("window", "batch", "threads"):
-                raise ValueError(f"--config {text!r}: {part!r} is not window=MS, batch=N or threads=T")
+            if not sep or key.strip() not in keys:
+                raise ValueError(f"--config {text!r}: {part!r} is not window=MS, batch=N, threads=T or workers=W")
             values[key.strip()] = value.strip()
         try:
-            config = cls(float(values.get("window", 5)), int(values.get("batch", 32)), int(values.get("threads", threads)))
+            config = cls(float(values.get("window", 5)), int(values.get("batch", 32)),
+                         int(values.get("threads", threads)), int(values.get("workers", 1)))
         except ValueError:
-            raise ValueError(f"--config {text!r}: window is a number of ms, batch and threads integers") from None
-        if config.window_ms < 0 or config.max_batch < 1 or config.threads < 1:
-            raise ValueError(f"--config {text!r}: window >= 0, batch >= 1 and threads >= 1")
+            raise ValueError(f"--config {text!r}: window is a number of ms; batch, threads and workers integers") from None
+        if config.window_ms < 0 or config.max_batch < 1 or config.threads < 1 or config.workers < 1:
+            raise ValueError(f"--config {text!r}: window >= 0, batch >= 1, threads >= 1 and workers >= 1")
         return config
 
 
@@ -730,6 +739,68 @@ def route_codec(route: str) -> tuple[str, Callable[[str], bytes], Callable[[Any]
     raise ValueError(f"unknown route {route!r}; choose from {', '.join(ROUTES)}")
 
 
+class _Answer:
+    """The part of an ``httpx.Response`` the load generator reads."""
+
+    def __init__(self, status_code: int, content: bytes):
+        self.status_code, self.content = status_code, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8")
+
+    def json(self) -> Any:
+        import orjson
+
+        return orjson.loads(self.content)
+
+
+class RawSession:
+    """A lean HTTP/1.1 client on one keep-alive connection (``--client raw``, the default): the load generator
+    shares the machine with the server, and httpx spends about 0.85 ms of CPU per request here, as much as
+    half of what the server spends; this one writes a prebuilt request and reads ``Content-Length`` bytes."""
+
+    def __init__(self, base_url: str):
+        host_port = base_url.split("://", 1)[1].rstrip("/")
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> "RawSession":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> _Answer:
+        assert self.reader is not None and self.writer is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode("latin-1") + body)
+        status_line, *header_lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = None
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length is None:
+            raise ValueError(f"{method} {path}: an answer without Content-Length")
+        return _Answer(int(status_line.split(" ", 2)[1]), await self.reader.readexactly(length))
+
+    async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> _Answer:
+        return await self._request("POST", path, content, headers.get("content-type"))
+
+    async def get(self, path: str) -> _Answer:
+        return await self._request("GET", path)
+
+
 async def drive(sessions: Sequence[Any], path: str, bodies: Sequence[bytes],
                 label_of: Callable[[Any], str | None]) -> dict[str, Any]:
     """Send every body once: client ``c`` (a coroutine with its own connection, ``sessions[c]``) sends
@@ -750,7 +821,7 @@ async def drive(sessions: Sequence[Any], path: str, bodies: Sequence[bytes],
                 r = await session.post(path, content=bodies[i], headers=headers)
                 label = label_of(r.json()) if r.status_code == 200 else None
                 problem = None if label is not None else f"HTTP {r.status_code}"
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, ValueError, OSError, asyncio.IncompleteReadError) as exc:
                 label, problem = None, type(exc).__name__
             latencies[i] = time.perf_counter() - t0
             if problem is None:
@@ -766,19 +837,24 @@ async def drive(sessions: Sequence[Any], path: str, bodies: Sequence[bytes],
             "errors": sum(problems.values())}
 
 
-async def load_level(server: Server, route: str, texts: Sequence[str], clients: int, warmup: int) -> dict[str, Any]:
-    """One client level: ``clients`` clients, each an ``httpx.AsyncClient`` with one keep-alive connection
-    (one shared pool for all of them costs the load generator about 4x the CPU per request: see the module
-    docstring),
-    ``warmup`` unmeasured requests, then every sentence once."""
+async def load_level(server: Server, route: str, texts: Sequence[str], clients: int, warmup: int,
+                     client: str = "raw") -> dict[str, Any]:
+    """One client level: ``clients`` clients, each with one keep-alive connection (a :class:`RawSession`, or with
+    ``client="httpx"`` an ``httpx.AsyncClient``: one shared pool for all of them costs the load generator about
+    4x the CPU per request, see the module docstring), ``warmup`` unmeasured requests, then every sentence once."""
     import httpx
 
     path, encode, label_of = route_codec(route)
     bodies = [encode(t) for t in texts]
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+    def session() -> Any:
+        if client == "raw":
+            return RawSession(server.url)
+        return httpx.AsyncClient(base_url=server.url, limits=limits, timeout=httpx.Timeout(60.0), trust_env=False)
+
     async with contextlib.AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(httpx.AsyncClient(
-            base_url=server.url, limits=limits, timeout=httpx.Timeout(60.0), trust_env=False)) for _ in range(clients)]
+        sessions = [await stack.enter_async_context(session()) for _ in range(clients)]
         if warmup:
             await drive(sessions, path, [bodies[i % len(bodies)] for i in range(max(warmup, clients))], label_of)
         before = parse_metrics((await sessions[0].get("/metrics")).text)
@@ -817,6 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000, help="requests per client level and route (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests before each level (default 200)")
     p.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated (default 1,8,32)")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="load generator: raw (a lean HTTP/1.1 client per connection, default) or httpx")
     p.add_argument("--routes", default="predict", help=f"comma-separated subset of {','.join(ROUTES)} (default predict)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the server (unless a --config says otherwise) and of in-process predict")
@@ -885,7 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts_file = work / f"sentences-{len(texts)}.json"
     texts_file.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
 
-    report: dict[str, Any] = {"name": args.name, "command": command, "requests": len(texts), "warmup": args.warmup,
+    report: dict[str, Any] = {"name": args.name, "command": command, "client": args.client,
+                              "requests": len(texts), "warmup": args.warmup,
                               "clients": clients, "routes": routes, "rounds": args.rounds,
                               "goal": {"clients": GOAL_CLIENTS, "ratio": GOAL_RATIO},
                               "configs": [{**asdict(c), "label": c.label} for c in configs],
@@ -906,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
 
     def record() -> None:
-        report["runs"] = [{"config": {k: report["configs"][i][k] for k in ("window_ms", "max_batch", "threads", "label")},
+        report["runs"] = [{"config": {k: report["configs"][i][k] for k in ("window_ms", "max_batch", "threads", "workers", "label")},
                            "route": route, "clients": c, **combine(runs)}
                           for (i, route, c), runs in levels.items()]
         write_report(report, Path(args.results))  # a partial report survives a failure later on
@@ -922,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, (config, server) in enumerate(zip(configs, servers)):
                 for route in routes:
                     for c in clients:
-                        level = asyncio.run(load_level(server, route, texts, c, args.warmup))
+                        level = asyncio.run(load_level(server, route, texts, c, args.warmup, args.client))
                         labels = level.pop("labels")
                         served += list(zip(labels, in_process_labels or [None] * len(labels)))
                         levels.setdefault((i, route, c), []).append(level)

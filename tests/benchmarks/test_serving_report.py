@@ -197,9 +197,10 @@ def test_render_refuses_a_file_that_is_not_a_report(tmp_path):
 def test_server_config_parsing_names_the_bad_part():
     c = bench.ServerConfig.parse("window=2,batch=64", threads=1)
     assert (c.window_ms, c.max_batch, c.threads) == (2.0, 64, 1)
-    assert c.args() == ["--batch-window-ms", "2", "--max-batch-size", "64", "--threads", "1"]
+    assert c.args() == ["--batch-window-ms", "2", "--max-batch-size", "64", "--threads", "1", "--workers", "1"]
     assert c.label == "window 2 ms, batch <= 64, 1 thread"
     assert bench.ServerConfig.parse("threads=2", threads=1).label == "window 5 ms, batch <= 32, 2 threads"
+    assert bench.ServerConfig.parse("workers=2", threads=1).label == "window 5 ms, batch <= 32, 1 thread, 2 workers"
     with pytest.raises(ValueError, match="'size=3' is not window=MS"):
         bench.ServerConfig.parse("size=3", threads=1)
     with pytest.raises(ValueError, match="batch >= 1"):

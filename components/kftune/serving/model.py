@@ -77,13 +77,14 @@ class KftuneModel(kserve.Model):  # type: ignore[misc,name-defined]
     """
 
     def __init__(self, name: str, uri: str, *, device: str = "cpu", max_batch_size: int = 32,
-                 batch_window_ms: float = 0.0, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
+                 batch_window_ms: float = 5.0, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, workers: int = 1):
         super().__init__(name)
         self.uri = uri
         self.device = device
         self.max_batch_size = max_batch_size
         self.batch_window_ms = batch_window_ms
         self.max_text_chars = max_text_chars
+        self.workers = workers
         self.loaded: Any = None
         self.batcher: MicroBatcher | None = None
 
@@ -94,7 +95,8 @@ class KftuneModel(kserve.Model):  # type: ignore[misc,name-defined]
 
         self.loaded = load_model(self.uri, device=resolve_device(self.device))
         self.batcher = MicroBatcher(self._predict_batch, max_batch_size=self.max_batch_size,
-                                    window_s=self.batch_window_ms / 1000.0, on_batch=observe_batch)
+                                    window_s=self.batch_window_ms / 1000.0, workers=self.workers,
+                                    on_batch=observe_batch)
         self.ready = True
         return self.ready
 

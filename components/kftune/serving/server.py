@@ -11,8 +11,8 @@ Routes (``NAME`` is ``--name``, default the model file's corpus name):
 The model is loaded before the server listens: a missing or damaged model file ends the command with one
 line and exit status 1, and readiness never turns true. ``--host`` defaults to 127.0.0.1 (the serving image
 passes 0.0.0.0); KServe's gRPC server is not started. Concurrent requests are micro-batched
-(``--max-batch-size`` texts; ``--batch-window-ms``, default 0: on a CPU the one inference thread is the
-bottleneck, and the requests that arrive while it runs a batch form the next one), off the event loop.
+(``--max-batch-size`` texts; the requests that arrive while a batch runs form the next one, which under load
+waits up to ``--batch-window-ms`` for more), off the event loop, in ``--workers`` inference threads.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080, as KServe expects)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--max-batch-size", type=int, default=32, help="most texts per model call (default 32)")
-    p.add_argument("--batch-window-ms", type=float, default=0.0,
-                   help="how long the first waiting request waits for others to share its model call (default 0: "
-                        "requests that arrive while a batch runs form the next one; a few ms can help on a GPU)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="under load (the previous batch at least half full), how long a batch waits for more "
+                        "requests to share its model call (default 5; a lone request never waits)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="inference threads, each running one micro-batch at a time (default 1)")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest text accepted, in characters (default 20000)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 4 MiB)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -68,7 +70,7 @@ def _problems(args: argparse.Namespace) -> list[str]:
     if not 0 <= args.batch_window_ms <= 1000:
         out.append(f"--batch-window-ms {args.batch_window_ms}: must be between 0 and 1000")
     for flag, value in (("--max-text-chars", args.max_text_chars), ("--max-body-bytes", args.max_body_bytes),
-                        ("--threads", args.threads)):
+                        ("--threads", args.threads), ("--workers", args.workers)):
         if value is not None and value < 1:
             out.append(f"{flag} {value}: must be at least 1")
     return out
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = KftuneModel(args.name or "kftune", args.model, device=args.device, max_batch_size=args.max_batch_size,
-                        batch_window_ms=args.batch_window_ms,
+                        batch_window_ms=args.batch_window_ms, workers=args.workers,
                         max_text_chars=args.max_text_chars or DEFAULT_MAX_TEXT_CHARS)
     try:
         model.load()
