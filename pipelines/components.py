@@ -379,6 +379,8 @@ def suggest(
     search_rounds: int,
     parallel_trials: int,
     finalists: bool,
+    lease_owner: str,
+    job_id: str,
     history: List[List[str]] = [],  # noqa: B006 - KFP reads the default; nothing mutates it
 ) -> List[List[str]]:
     """Plan one search round from the trial journal: new trials and promotions (or the finalists'
@@ -395,12 +397,15 @@ def suggest(
         search_rounds: The pipeline's number of search rounds (the finalists' round comes after them).
         parallel_trials: Trials at once: the batch width (0: the spec's parallelTrialCount).
         finalists: Plan the finalists' extra runs instead of a search round.
+        lease_owner: Who holds the run's lease (kftune run passes its own); empty: this KFP run.
+        job_id: The KFP run id (a placeholder the backend fills).
         history: The previous round's trial results (the barrier; the journal in the store is what counts).
     """
     import json
     from pathlib import Path
 
     from kftune.core.search_policy import SearchPolicy, history_from_records, round_key, search_prefix
+    from kftune.io.lease import hold_for_pipeline, pipeline_owner
     from kftune.core.space import SearchSpace
     from kftune.core.spec import parse_spec
     from kftune.io.store import get_json, open_store, put_json
@@ -409,6 +414,7 @@ def suggest(
     document = json.loads(search_space)
     space = SearchSpace.from_katib(document["parameters"])
     root = open_store(store)
+    hold_for_pipeline(root, run_id, pipeline_owner(lease_owner, job_id))  # one driver per run: or it fails here
     prefix = f"{search_prefix(run_id)}/trials"
     records = [get_json(root, key) for key in root.list(prefix) if key.endswith(".json")]
     trials = history_from_records(records)
@@ -662,6 +668,8 @@ def report(
     evaluation: Input[Artifact],
     run_id: str,
     store: str,
+    lease_owner: str,
+    job_id: str,
     markdown: Output[Markdown],
     page: Output[HTML],
 ) -> str:
@@ -672,6 +680,8 @@ def report(
         best: The winner as JSON (select-best's output).
         run_id: The run; the report goes to runs/<run_id>/report/ in the store.
         store: The store root.
+        lease_owner: Who holds the run's lease (suggest's); this last step releases it when the run's tasks hold it.
+        job_id: The KFP run id (a placeholder the backend fills).
     """
     import json
     import shutil
@@ -694,6 +704,9 @@ def report(
         out = open_store(result.out)
         out.get_file(step.REPORT_MD, markdown.path)
         out.get_file(step.REPORT_HTML, page.path)
+    from kftune.io.lease import pipeline_owner, release_for_pipeline
+
+    release_for_pipeline(open_store(store), run_id, pipeline_owner(lease_owner, job_id))
     summary = dict(result.summary)
     summary["run_id"] = run_id
     summary["store"] = store

@@ -97,7 +97,7 @@ DEFAULT_SPEC: dict[str, Any] = {
 
 #: Pipeline parameters that every variant has, in the order ``kftune run``/``submit`` map a spec to them.
 PARAMETERS = ("spec", "corpus", "downsample", "max_trials", "parallel_trials", "max_epochs", "seed", "store",
-              "run_id", "warm_start")
+              "run_id", "warm_start", "lease_owner")
 #: Parameters of the optional deploy step (every variant; left at their defaults, nothing is deployed).
 DEPLOY_PARAMETERS = ("deploy", "deploy_service_name", "deploy_namespace", "serving_image", "deploy_timeout")
 #: The GPU variant's extra parameters.
@@ -158,7 +158,7 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
 
     def body(spec: str, corpus: str, downsample: float, max_trials: int, parallel_trials: int, max_epochs: int,
              seed: int, store: str, run_id: str, warm_start: bool, gpu_args: dict[str, Any], deploy: Any,
-             deploy_args: dict[str, Any], final_gpus: Any = None) -> Any:
+             deploy_args: dict[str, Any], final_gpus: Any = None, lease_owner: Any = "") -> Any:
         resolved = c.resolve_spec(spec=spec, corpus=corpus, downsample=downsample, max_trials=max_trials,
                                   parallel_trials=parallel_trials, max_epochs=max_epochs, seed=seed, store=store,
                                   run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_rounds=search_rounds)
@@ -180,7 +180,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
             label = "finalists" if finalists else f"round {r + 1}"
             extra = {} if previous is None else {"history": previous}
             s = c.suggest(job_spec=job_spec, search_space=space, run_id=the_run, store=the_store, round_index=r,
-                          search_rounds=search_rounds, parallel_trials=parallel_trials, finalists=finalists, **extra)
+                          search_rounds=search_rounds, parallel_trials=parallel_trials, finalists=finalists,
+                          lease_owner=lease_owner, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **extra)
             s.set_display_name(f"suggest ({label})")
             _plain(s)
             _store_env(s)
@@ -205,7 +206,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
         _store_env(scored)
         done = c.report(job_spec=job_spec, corpus=corpus_data, lr_test=lr.outputs["lr_test"],
                         best=best.outputs["Output"], model=final.outputs["model"],
-                        evaluation=scored.outputs["evaluation"], run_id=the_run, store=the_store)
+                        evaluation=scored.outputs["evaluation"], run_id=the_run, store=the_store,
+                        lease_owner=lease_owner, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         _plain(done)
         _store_env(done)
         with dsl.If(deploy == True, name="if-deploy"):  # noqa: E712 - a KFP condition on the parameter, not a bool
@@ -222,7 +224,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
         @dsl.pipeline(name=name, description=_DESCRIPTION.format(variant="GPU", rounds=search_rounds))
         def kftune_pipeline(spec: str = spec_default, corpus: str = "", downsample: float = 0.0, max_trials: int = 0,
                             parallel_trials: int = 0, max_epochs: int = 0, seed: int = -1, store: str = DEFAULT_STORE,
-                            run_id: str = "", warm_start: bool = False, trial_gpus: int = 1, final_gpus: int = 1,
+                            run_id: str = "", warm_start: bool = False, lease_owner: str = "", trial_gpus: int = 1,
+                            final_gpus: int = 1,
                             node_selector: dict = {},  # noqa: B006 - KFP reads the default; nothing mutates it
                             tolerations: list = DEFAULT_TOLERATIONS, deploy: bool = False,
                             deploy_service_name: str = "", deploy_namespace: str = "", serving_image: str = "",
@@ -242,6 +245,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                 store: Store root for the trial journal, checkpoints and the report (s3://bucket/prefix);
                     credentials come from the kftune-s3 Secret.
                 run_id: Names the run's folder in the store (runs/<run_id>/); empty uses the KFP run id.
+                lease_owner: Who holds the run's lease (one driver per run): empty, this KFP run's tasks take
+                    it (another driver of the same run_id is refused); kftune run passes its own token.
                 warm_start: Start the search around the best trials of earlier runs under the same store root.
                 trial_gpus: GPUs per trial.
                 final_gpus: GPUs for the final training.
@@ -262,12 +267,12 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                                      "tolerations": tolerations}, deploy,
                         {"service_name": deploy_service_name, "namespace": deploy_namespace,
                          "image": serving_image, "timeout": deploy_timeout, "gpus": deploy_gpus,
-                         "node_selector": node_selector, "tolerations": tolerations}, final_gpus)
+                         "node_selector": node_selector, "tolerations": tolerations}, final_gpus, lease_owner)
     else:
         @dsl.pipeline(name=name, description=_DESCRIPTION.format(variant="CPU", rounds=search_rounds))
         def kftune_pipeline(spec: str = spec_default, corpus: str = "", downsample: float = 0.0, max_trials: int = 0,
                             parallel_trials: int = 0, max_epochs: int = 0, seed: int = -1, store: str = DEFAULT_STORE,
-                            run_id: str = "", warm_start: bool = False, deploy: bool = False,
+                            run_id: str = "", warm_start: bool = False, lease_owner: str = "", deploy: bool = False,
                             deploy_service_name: str = "", deploy_namespace: str = "", serving_image: str = "",
                             deploy_timeout: int = DEFAULT_DEPLOY_TIMEOUT) -> str:
             """Tune a PyTorch text classifier or sequence tagger (CPU).
@@ -285,6 +290,8 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                 store: Store root for the trial journal, checkpoints and the report (s3://bucket/prefix or a
                     local path); credentials come from the kftune-s3 Secret.
                 run_id: Names the run's folder in the store (runs/<run_id>/); empty uses the KFP run id.
+                lease_owner: Who holds the run's lease (one driver per run): empty, this KFP run's tasks take
+                    it (another driver of the same run_id is refused); kftune run passes its own token.
                 warm_start: Start the search around the best trials of earlier runs under the same store root.
                 deploy: Serve the final model with KServe: create or patch an InferenceService after the report
                     (needs an s3:// store).
@@ -297,7 +304,7 @@ def build_pipeline(variant: str = "cpu", search_rounds: int = DEFAULT_SEARCH_ROU
                         warm_start, {}, deploy,
                         {"service_name": deploy_service_name, "namespace": deploy_namespace,
                          "image": serving_image, "timeout": deploy_timeout, "gpus": 0, "node_selector": {},
-                         "tolerations": []})
+                         "tolerations": []}, lease_owner=lease_owner)
 
     return kftune_pipeline
 

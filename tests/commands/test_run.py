@@ -156,7 +156,8 @@ def test_a_failing_task_names_itself_and_the_runner_leaves_no_temporary_files(
     assert len(err) == 1 and "task prepare-corpus failed: " in err[0], err
     assert f"no such artifact: {missing}" in err[0] and str(out_dir / "run.log") in err[0]
     assert "] failure prepare-corpus\n" in captured.out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["kfp", "run.log"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["kfp", "run.log", "store"]
+    assert not [p for p in (out_dir / "store").rglob("*") if p.is_file() and not p.name.startswith(".")]  # released
 
 
 class _Task:
@@ -192,3 +193,22 @@ def test_the_summary_says_whether_tuning_beat_the_baseline(tmp_path: Path, capsy
                              "--no-baseline"]) == 0
     assert "vs baseline" not in capsys.readouterr().out
     assert [json.loads(a["spec"])["spec"]["evaluation"] for a in seen] == [{"baseline": True}, {"baseline": False}]
+
+
+def test_a_run_another_process_drives_exits_3_and_starts_nothing(tmp_path: Path, corpus_mirror: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """One driver per run: kftune run holds the run's lease while its pipeline runs (its tasks find it theirs)
+    and releases it at the end; a run id another live driver holds is refused with exit 3."""
+    from kftune.core.search_policy import lease_key
+    from kftune.io.lease import Process, RunLease
+    from kftune.io.store import open_store
+
+    store = open_store(tmp_path / "store")
+    other = RunLease(store, lease_key("busy"), run_id="busy", process=Process("node-7", "another-machine", 4242))
+    other.acquire()
+    rc = run_command.main([str(_spec(tmp_path)), "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store"),
+                           "--run-id", "busy"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "driven by another process: kftune search on host node-7, pid 4242" in err
+    assert not (tmp_path / "run" / "kfp").exists()  # nothing started
+    assert store.list("runs/busy") == [lease_key("busy")]

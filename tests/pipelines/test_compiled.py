@@ -63,7 +63,7 @@ def test_the_parameters_a_ui_user_changes_are_pipeline_inputs(compiled: tuple[st
     variant, spec, _, _ = compiled
     inputs = spec.root.input_definitions.parameters
     expected = {"spec", "corpus", "downsample", "max_trials", "parallel_trials", "max_epochs", "seed", "store",
-                "run_id", "warm_start", "deploy", "deploy_service_name", "deploy_namespace", "serving_image",
+                "run_id", "warm_start", "lease_owner", "deploy", "deploy_service_name", "deploy_namespace", "serving_image",
                 "deploy_timeout"}
     if variant == "gpu":
         expected |= {"trial_gpus", "final_gpus", "node_selector", "tolerations", "deploy_gpus"}

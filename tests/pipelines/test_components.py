@@ -195,7 +195,8 @@ def _run_search(tmp_path: Path, spec: dict[str, Any], rounds: int) -> tuple[Any,
     plans, history = [], []
     for r in range(rounds + 1):
         batches = C.suggest(job_spec=artifact, search_space=space, run_id="r1", store=root, round_index=r,
-                            search_rounds=rounds, parallel_trials=0, finalists=r == rounds, history=history)
+                            search_rounds=rounds, parallel_trials=0, finalists=r == rounds, lease_owner="",
+                            job_id="job-1", history=history)
         plans.append(batches)
         history = [[json.dumps(_fake_trial(store, policy, json.loads(x)) if "request" in json.loads(x)
                                else json.loads(x)) for x in batch] for batch in batches]
@@ -332,4 +333,41 @@ def test_suggest_refuses_to_plan_while_a_record_says_running(tmp_path: Path) -> 
               "state": "running", "objective": None, "intermediate": [], "budget": 0, "budget_asked": 4})
     with pytest.raises(DataError, match="trial-0000 of run 'r1' say running"):
         C.suggest(job_spec=dsl.Artifact(uri=str(job_spec)), search_space=_space_json(spec), run_id="r1",
-                  store=root, round_index=1, search_rounds=2, parallel_trials=0, finalists=False, history=[])
+                  store=root, round_index=1, search_rounds=2, parallel_trials=0, finalists=False, lease_owner="",
+                  job_id="job-1", history=[])
+
+
+def test_suggest_takes_the_runs_lease_and_refuses_a_run_another_driver_holds(tmp_path: Path) -> None:
+    """One driver per run: a pipeline run's suggest tasks hold the run's lease as kfp-<job id> (renewed each
+    round); a second pipeline run, or kftune search, on the same run id is refused, naming the holder."""
+    from kftune.core.search_policy import lease_key
+    from kftune.io.lease import LeaseHeldError, Process, RunLease, release_for_pipeline
+
+    spec = _spec(algorithm={"algorithmName": "random"}, finalists=0, maxTrialCount=4)
+    spec["spec"]["search"].pop("earlyStopping")
+    job_spec = tmp_path / "job_spec.json"
+    job_spec.write_text(json.dumps(spec))
+    root = str(tmp_path / "store")
+    store = open_store(root)
+
+    def suggest(job_id: str, round_index: int = 0) -> Any:
+        return C.suggest(job_spec=dsl.Artifact(uri=str(job_spec)), search_space=_space_json(spec), run_id="r1",
+                         store=root, round_index=round_index, search_rounds=2, parallel_trials=0, finalists=False,
+                         lease_owner="", job_id=job_id, history=[])
+
+    suggest("job-1")
+    lease = get_json(store, lease_key("r1"))
+    assert lease["owner"] == "kfp-job-1" and lease["purpose"] == "kftune pipeline run" and lease["pid"] == 0
+    suggest("job-1", 1)  # the same run's next round (or a KFP retry of it): its own lease, renewed
+    assert get_json(store, lease_key("r1"))["renewals"] == lease["renewals"] + 1
+    with pytest.raises(LeaseHeldError, match=r"run 'r1' is driven by another process: kftune pipeline run .*"
+                                             r"Give this pipeline run its own run_id"):
+        suggest("job-2")
+    search = RunLease(store, lease_key("r1"), run_id="r1", process=Process("elsewhere", "other-machine", 42))
+    with pytest.raises(LeaseHeldError):  # kftune search on the same run: refused as well
+        search.acquire()
+    release_for_pipeline(store, "r1", "kfp-job-2")  # not its lease: left alone
+    assert store.exists(lease_key("r1"))
+    release_for_pipeline(store, "r1", "kfp-job-1")  # the report step of the run that holds it
+    assert not store.exists(lease_key("r1"))
+    suggest("job-2", 1)  # now free

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from kftune.core.errors import ConfigError
+from kftune.io.lease import EXIT_BUSY
 from kftune.steps._common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,10 @@ def _body(args: argparse.Namespace) -> int:
         print(f"kftune run: {args.spec}: cannot run: {_first_problem(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     pipeline = build_pipeline("cpu", search_rounds=rounds)
+    lease = _take_lease(store, run_id)
+    if lease is None:
+        return EXIT_BUSY
+    arguments["lease_owner"] = lease.owner  # the pipeline's tasks find the lease theirs; this process renews it
     print(f"kftune run {run_id}: {job.name}, {rounds} search round(s) + finalists; outputs in {out}", flush=True)
     started = time.monotonic()
     try:
@@ -287,6 +292,8 @@ def _body(args: argparse.Namespace) -> int:
     except PipelineFailed as exc:
         print(f"kftune run {run_id}: {exc} (details: {out / 'run.log'})", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        lease.release()
     seconds = time.monotonic() - started
     summary = json.loads(task.output)
     summary["run_directory"] = str(out)
@@ -294,6 +301,27 @@ def _body(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print("\n".join(_summary_lines(summary, out, seconds)))
     return EXIT_OK
+
+
+def _take_lease(store: str, run_id: str) -> Any:
+    """The run's lease (one driver per run, :mod:`kftune.io.lease`), renewed in the background while the run
+    lasts; ``None`` (after saying who holds it) when another process drives the run. A lease left by a
+    ``kftune run`` or ``kftune search`` of this machine that was killed is taken over at once."""
+    from kftune.core.search_policy import lease_key
+    from kftune.io.lease import LeaseHeldError, RunLease
+    from kftune.io.store import open_store
+
+    logging.getLogger("kftune.io.lease").setLevel(logging.WARNING)  # kftune run prints its own lines
+    lease = RunLease(open_store(store), lease_key(run_id), run_id=run_id, purpose="kftune run")
+    try:
+        lease.acquire()
+    except LeaseHeldError as exc:
+        holder = exc.holder.describe(time.time()) if exc.holder is not None else "another driver"
+        print(f"kftune run {run_id}: this run is driven by another process: {holder}. Wait until it ends, or give "
+              f"this one another --run-id; if that process is dead, delete {lease.uri}", file=sys.stderr)
+        return None
+    lease.start_heartbeat()
+    return lease
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -558,3 +558,67 @@ class RunLease:
             yield self
         finally:
             self.release()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pipeline runs: a driver made of tasks
+
+PIPELINE_TTL_ENV = "KFTUNE_PIPELINE_LEASE_TTL"
+DEFAULT_PIPELINE_TTL_S = 6 * 3600.0
+
+
+def pipeline_owner(lease_owner: str, job_id: str) -> str:
+    """The lease owner of a pipeline run's tasks: ``lease_owner`` when the process that started the run holds
+    the lease itself (``kftune run``, which renews it while the run lasts), else the KFP run (``kfp-<job id>``:
+    each task of one run, and a KFP retry of it, finds the lease its own)."""
+    return (lease_owner or "").strip() or f"kfp-{(job_id or '').strip() or 'unknown'}"
+
+
+def pipeline_lease(store: Any, run_id: str, owner: str) -> RunLease:
+    """The lease on ``run_id`` as a pipeline task holds it: no process of its own (tasks come and go, so no
+    holder-gone take-over), a time to live of ``KFTUNE_PIPELINE_LEASE_TTL`` seconds (default 6 h) renewed by
+    every search round. A pipeline never takes a lease that another driver holds, nor an expired one:
+    another run's lease is refused with who holds it, and :data:`EXIT_BUSY` semantics are the caller's."""
+    raw = (os.environ.get(PIPELINE_TTL_ENV) or "").strip()
+    ttl = DEFAULT_PIPELINE_TTL_S
+    if raw:
+        ttl = ttl_from_env({TTL_ENV: raw})
+    from kftune.core.search_policy import lease_key
+
+    return RunLease(store, lease_key(run_id), run_id=run_id, purpose="kftune pipeline run", ttl_s=ttl, owner=owner,
+                    process=Process(host=socket.gethostname(), machine="", pid=0))
+
+
+def hold_for_pipeline(store: Any, run_id: str, owner: str) -> RunLease:
+    """Take or renew the run's lease for a pipeline task (see :func:`pipeline_lease`), or raise
+    :class:`LeaseHeldError` saying who drives the run and what to do."""
+    lease = pipeline_lease(store, run_id, owner)
+    found = lease.read()
+    if found is not None and found[0].owner == owner and found[0].purpose != "kftune pipeline run":
+        return lease  # the process that started this run (kftune run) holds the lease and renews it
+    try:
+        lease.acquire()
+    except LeaseHeldError as exc:
+        holder = exc.holder.describe(time.time()) if exc.holder is not None else "another driver"
+        raise LeaseHeldError(
+            f"run {run_id!r} is driven by another process: {holder}. Give this pipeline run its own run_id (empty: "
+            f"the KFP run id), or wait until that driver ends; if it is dead, delete {lease.uri} and retry",
+            exc.holder, exc.verdict) from None
+    return lease
+
+
+def release_for_pipeline(store: Any, run_id: str, owner: str) -> None:
+    """Release the run's lease at the end of a pipeline run when its tasks hold it (a lease that the process
+    which started the run holds, ``kftune run``, is that process's to release; another's is left alone)."""
+    lease = pipeline_lease(store, run_id, owner)
+    found = lease.read()
+    if found is None:
+        return
+    if found[0].owner != owner:
+        log.warning("the lease on run %s is held by %s, not by this pipeline run; left as it is", run_id,
+                    found[0].describe(time.time()))
+        return
+    if found[0].purpose != "kftune pipeline run":
+        return
+    lease.acquire()
+    lease.release()

@@ -737,7 +737,7 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
             runner.close()
         raise
     runner.close()
-    lease.check()
+    lease.renew()  # confirmed against the store, not the heartbeat's last word: a take-over just now stops us here
     result = _finish(config, job, store, run_id, policy, records, history, finalist_records, winner, stop_reason,
                      next_round, lr_note, started)
     if winner is not None:
