@@ -6,7 +6,12 @@ import ``kfp`` (never torch):
 
 - :mod:`kftune.pipelines.components`: one thin lightweight component per step;
 - :mod:`kftune.pipelines.pipeline`: the DAG (:func:`~kftune.pipelines.pipeline.build_pipeline`);
-- :mod:`kftune.pipelines.build`: compiling to ``compiled/`` and to Kubernetes manifests.
+- :mod:`kftune.pipelines.build`: compiling to ``compiled/`` and to Kubernetes manifests;
+- :mod:`kftune.pipelines.local_runner`: KFP's local runner for ``kftune run``;
+- :mod:`kftune.pipelines.client`: the KFP API client for ``kftune submit`` and ``kftune schedule``.
+
+The commands under ``components/kftune/commands`` reach KFP only through these modules: no ``kfp`` import
+lives under ``components/``.
 """
 
 from pathlib import Path

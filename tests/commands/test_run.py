@@ -185,7 +185,9 @@ def test_the_summary_says_whether_tuning_beat_the_baseline(tmp_path: Path, capsy
             test["baseline"] = {"name": "tf-idf + logistic regression", "score": 0.834}
         return _Task(json.dumps({"run_id": "r", "store": str(out / "store"), "test": test}))
 
-    monkeypatch.setattr(run_command, "run_pipeline", fake_run)
+    from kftune.pipelines import local_runner
+
+    monkeypatch.setattr(local_runner, "run_pipeline", fake_run)
     assert run_command.main([str(_spec(tmp_path)), "--out", str(tmp_path / "a"), "--run-id", "r"]) == 0
     out = capsys.readouterr().out
     assert f"  test score:      {model_score:.4g} (accuracy, 500 test examples)\n{line}" in out

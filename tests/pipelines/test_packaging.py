@@ -36,3 +36,18 @@ def test_building_and_compiling_the_pipeline_imports_no_torch(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "p.yaml").is_file()
+
+
+def test_no_kfp_import_under_components() -> None:
+    """KFP lives in pipelines/ (the DESIGN's layout): the commands reach it through kftune.pipelines.local_runner
+    and kftune.pipelines.client, so that the package under components/ never imports kfp itself."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "components"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names if n.split(".")[0] == "kfp"]
+    assert offenders == []

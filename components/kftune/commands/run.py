@@ -2,8 +2,9 @@
 
 The very pipeline function that ``kftune compile`` and ``kftune submit`` compile
 (:func:`kftune.pipelines.pipeline.build_pipeline`, CPU variant, with as many search rounds as the
-spec's search takes) runs through ``kfp.local.SubprocessRunner(use_venv=False)``: every task is a
-subprocess of this Python, so the installed kftune is what runs.
+spec's search takes) runs through ``kfp.local.SubprocessRunner(use_venv=False)``
+(:mod:`kftune.pipelines.local_runner`, where the KFP code lives): every task is a subprocess of this Python,
+so the installed kftune is what runs.
 
 1. The spec is validated and mapped to the pipeline's parameters (command-line overrides on top); the
    pipeline's first step (``resolve-spec``) is run in-process first, so a spec that cannot run prints
@@ -24,20 +25,14 @@ error (nothing started).
 from __future__ import annotations
 
 import argparse
-import builtins
-import contextlib
-import io
 import json
 import logging
 import os
-import re
-import shutil
 import sys
 import time
-import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Sequence
 
 from kftune.core.errors import ConfigError
 from kftune.io.lease import EXIT_BUSY
@@ -45,79 +40,9 @@ from kftune.steps._common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_common_
 
 log = logging.getLogger(__name__)
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_TASK_LINE = re.compile(r"Executing task '([^']+)'|Task '([^']+)' finished with status (\w+)")
-_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupted|Exit)\b.*)$")
 #: Pipeline parameters a command line may override (option name -> parameter).
 OVERRIDES = {"corpus": "corpus", "downsample": "downsample", "max_trials": "max_trials",
              "parallel_trials": "parallel_trials", "max_epochs": "max_epochs", "seed": "seed"}
-
-
-class TaskProgress(io.TextIOBase):
-    """A stdout replacement: everything goes to ``log``; task start/finish lines are echoed to ``echo``.
-
-    KFP's local runner logs its progress to stdout with ANSI colours, and the task subprocesses'
-    output is printed there too; this keeps the terminal to one line per event.
-    """
-
-    def __init__(self, log_file: TextIO, echo: TextIO, started: float):
-        self.log, self.echo, self.buffer_text, self.started = log_file, echo, "", started
-        self.failed: list[str] = []
-        self.finished = 0
-        self.last_error: str | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        self.buffer_text += text
-        while "\n" in self.buffer_text:
-            line, self.buffer_text = self.buffer_text.split("\n", 1)
-            clean = _ANSI.sub("", line)
-            error = _ERROR_LINE.match(clean)
-            if error is not None:
-                self.last_error = error.group(1).strip()
-            m = _TASK_LINE.search(clean)
-            if m is None:
-                continue
-            elapsed = time.monotonic() - self.started
-            if m.group(1):
-                self.echo.write(f"[kftune {elapsed:6.1f}s] start  {m.group(1)}\n")
-            else:
-                self.finished += 1
-                status = m.group(3)
-                if status != "SUCCESS":
-                    self.failed.append(m.group(2))
-                self.echo.write(f"[kftune {elapsed:6.1f}s] {'done' if status == 'SUCCESS' else status.lower():6} "
-                                f"{m.group(2)}\n")
-            self.echo.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def failure(self, exc: BaseException) -> str:
-        """One line for a failed run: the failed task and the last error a task printed."""
-        task = ", ".join(self.failed) or None
-        what = f"task {task} failed" if task else "failed"
-        detail = self.last_error or (_ANSI.sub("", str(exc)).strip().splitlines() or [type(exc).__name__])[0]
-        return f"{what}: {detail}"
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Any:
-    """Set environment variables for the duration (the task subprocesses inherit them)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _first_problem(exc: ConfigError) -> str:
@@ -127,48 +52,6 @@ def _first_problem(exc: ConfigError) -> str:
     return head + more
 
 
-class PipelineFailed(Exception):
-    """A task of a local run failed; the message is one line (the task and its last error)."""
-
-
-def run_pipeline(pipeline: Any, arguments: dict[str, Any], out: Path, echo: TextIO) -> Any:
-    """Run ``pipeline(**arguments)`` with KFP's local runner under ``out`` (see the module docstring)
-    and return the pipeline task. Raises :class:`PipelineFailed` when a task fails, after cleaning up.
-    """
-    from kfp import local
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "tmp"
-    tmp.mkdir(exist_ok=True)
-    started = time.monotonic()
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, min(2, int(arguments.get("parallel_trials") or 1)))))
-    env = {"TMPDIR": str(tmp)}
-    if "OMP_NUM_THREADS" not in os.environ:  # local trials run two at a time: share the cores
-        env["OMP_NUM_THREADS"] = threads
-    root = logging.getLogger()
-    with open(out / "run.log", "a", encoding="utf-8") as log_file:
-        progress = TaskProgress(log_file, echo, started)
-        # The runner swaps the root logger's handlers per task and puts back what it found, from
-        # several threads at once: what it finds must be the capture, or lines escape to stderr.
-        saved_handlers = root.handlers[:]
-        # It also swaps builtins.print for an indenting one per task, from several threads: put it back.
-        saved_print = builtins.print
-        capture = logging.StreamHandler(progress)
-        capture.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        root.handlers[:] = [capture]
-        try:
-            with _environment(env), contextlib.redirect_stdout(progress), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "custom image" and "accelerator has no effect" notes
-                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
-                           workspace_root=str(tmp / "workspace"), raise_on_error=True)
-                task = pipeline(**arguments)
-        except Exception as exc:  # noqa: BLE001 - the runner raises RuntimeError/ValueError for a failed task
-            raise PipelineFailed(progress.failure(exc)) from exc
-        finally:
-            root.handlers[:] = saved_handlers
-            builtins.print = saved_print
-            shutil.rmtree(tmp, ignore_errors=True)
-    return task
 
 
 def _summary_lines(summary: dict[str, Any], out: Path, seconds: float) -> list[str]:
@@ -257,6 +140,7 @@ def _body(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kftune run: {exc.source or args.spec}: {_first_problem(exc)}", file=sys.stderr)
         return EXIT_CONFIG
+    from kftune.pipelines.local_runner import PipelineFailed, run_pipeline
     from kftune.pipelines.pipeline import arguments_for_spec, build_pipeline, rounds_for
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

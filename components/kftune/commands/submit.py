@@ -226,14 +226,11 @@ def connect(remote: Remote) -> Any:
         raise RemoteError(f"KFP at {remote.host} is a multi-user installation: give --namespace (your profile "
                           "namespace)")
     with quiet():
-        import kfp
+        from kftune.pipelines.client import make_client
 
-        kwargs: dict[str, Any] = {"host": remote.host, "existing_token": remote.token, "cookies": remote.cookies,
-                                  "ssl_ca_cert": remote.ca_cert}
-        if remote.namespace:
-            kwargs["namespace"] = remote.namespace
         try:
-            return kfp.Client(**kwargs)
+            return make_client(remote.host, token=remote.token, cookies=remote.cookies, namespace=remote.namespace,
+                               ca_cert=remote.ca_cert)
         except Exception as exc:  # noqa: BLE001 - one line instead of the client's traceback
             raise RemoteError(f"KFP client for {remote.host}: {api_message(exc)}") from None
 
