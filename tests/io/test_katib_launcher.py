@@ -36,6 +36,7 @@ from kftune.io.katib import (CustomObjectsApi, ExperimentFailedError, Experiment
                              ExperimentResult, ExperimentTimeoutError, KatibError, KatibLauncher,
                              KatibNotInstalledError, KatibPermissionError, experiment_phase, load_api,
                              translate_error)
+from tests.fixtures.k8s_api import status as k8s_status
 
 NS = "kubeflow-user"
 TS = "2026-01-01T00:00:00Z"
@@ -161,14 +162,6 @@ DELETE = "DELETE"   # a timeline step: someone deletes the Experiment
 # the loopback API server
 
 
-def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
-    if details:
-        body["details"] = details
-    return body
-
-
 @dataclass
 class Event:
     rv: int
@@ -278,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         if verb in fake.forbid:
             # The API server's RBAC answer, word for word in its shape.
             subject = f'experiments.kubeflow.org "{name}"' if name else "experiments.kubeflow.org"
-            self._send_json(403, _status(
+            self._send_json(403, k8s_status(
                 403, "Forbidden",
                 f'{subject} is forbidden: User "system:serviceaccount:{namespace}:default-editor" cannot {verb} '
                 f'resource "experiments" in API group "kubeflow.org" in the namespace "{namespace}"',
@@ -287,11 +280,11 @@ class Handler(BaseHTTPRequestHandler):
         with fake.cond:
             if fake.fail_next.get(verb, 0) > 0:
                 fake.fail_next[verb] -= 1
-                self._send_json(503, _status(503, "ServiceUnavailable", "the server is currently unable to handle "
+                self._send_json(503, k8s_status(503, "ServiceUnavailable", "the server is currently unable to handle "
                                                                          "the request"))
                 return
         if namespace not in fake.namespaces:
-            self._send_json(404, _status(404, "NotFound", f'namespaces "{namespace}" not found',
+            self._send_json(404, k8s_status(404, "NotFound", f'namespaces "{namespace}" not found',
                                          {"name": namespace, "kind": "namespaces"}))
             return
         if verb == "create":
@@ -309,7 +302,7 @@ class Handler(BaseHTTPRequestHandler):
                     self._not_found(name)
                     return
                 fake.put("DELETED", namespace, name, None)
-            self._send_json(200, _status(200, "", "") | {"status": "Success"})
+            self._send_json(200, k8s_status(200, "", "") | {"status": "Success"})
         elif verb == "watch":
             self._watch(namespace, query)
         else:
@@ -319,7 +312,7 @@ class Handler(BaseHTTPRequestHandler):
                                   "metadata": {"resourceVersion": "1"}})
 
     def _not_found(self, name: str) -> None:
-        self._send_json(404, _status(404, "NotFound", f'experiments.kubeflow.org "{name}" not found',
+        self._send_json(404, k8s_status(404, "NotFound", f'experiments.kubeflow.org "{name}" not found',
                                      {"name": name, "group": "kubeflow.org", "kind": "experiments"}))
 
     def _create(self, namespace: str, body: dict[str, Any]) -> None:
@@ -330,7 +323,7 @@ class Handler(BaseHTTPRequestHandler):
         name = meta["name"]
         with fake.cond:
             if (namespace, name) in fake.objects:
-                self._send_json(409, _status(409, "AlreadyExists", f'experiments.kubeflow.org "{name}" already exists',
+                self._send_json(409, k8s_status(409, "AlreadyExists", f'experiments.kubeflow.org "{name}" already exists',
                                              {"name": name, "group": "kubeflow.org", "kind": "experiments"}))
                 return
             meta.update(namespace=namespace, uid=f"uid-{name}", creationTimestamp=TS, generation=1)
@@ -360,7 +353,7 @@ class Handler(BaseHTTPRequestHandler):
                 if expire:
                     fake.expire_watches -= 1
             if expire:
-                self._chunk(json.dumps({"type": "ERROR", "object": _status(
+                self._chunk(json.dumps({"type": "ERROR", "object": k8s_status(
                     410, "Expired", f"too old resource version: {since} ({since + 50})")}).encode() + b"\n")
             else:
                 while not fake.stop.is_set() and time.monotonic() < deadline:
@@ -665,7 +658,7 @@ def test_admission_webhook_denial_is_not_reported_as_rbac() -> None:
     from kubernetes.client.exceptions import ApiException
 
     exc = ApiException(status=403, reason="Forbidden")
-    exc.body = json.dumps(_status(403, "Forbidden", 'admission webhook "validator.experiment.katib.kubeflow.org" '
+    exc.body = json.dumps(k8s_status(403, "Forbidden", 'admission webhook "validator.experiment.katib.kubeflow.org" '
                                                     'denied the request: spec.parameters must be specified'))
     error = translate_error(exc, "create", NS, "trec6-search")
     assert not isinstance(error, KatibPermissionError)
