@@ -74,6 +74,21 @@ def test_ttl_from_env() -> None:
             ttl_from_env({"KFTUNE_LEASE_TTL": bad})
 
 
+def test_the_pipeline_lease_ttl_has_its_own_variable_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from kftune.io.lease import DEFAULT_PIPELINE_TTL_S, PIPELINE_TTL_ENV, pipeline_lease
+    from kftune.io.store import open_store
+
+    store = open_store(tmp_path)
+    monkeypatch.delenv(PIPELINE_TTL_ENV, raising=False)
+    monkeypatch.setenv("KFTUNE_LEASE_TTL", "2")  # the search's variable does not apply to pipeline runs
+    assert pipeline_lease(store, "r1", "kfp-1").ttl_s == DEFAULT_PIPELINE_TTL_S
+    monkeypatch.setenv(PIPELINE_TTL_ENV, "3600")
+    assert pipeline_lease(store, "r1", "kfp-1").ttl_s == 3600
+    monkeypatch.setenv(PIPELINE_TTL_ENV, "soon")
+    with pytest.raises(ConfigError, match=PIPELINE_TTL_ENV):  # the message names the variable that is wrong
+        pipeline_lease(store, "r1", "kfp-1")
+
+
 def test_record_round_trip_and_an_unreadable_one_counts_as_expired() -> None:
     r = record("o", expires=123.5)
     assert LeaseRecord.from_bytes(r.to_bytes()) == r

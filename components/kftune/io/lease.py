@@ -233,19 +233,20 @@ def may_take(verdict: Verdict, *, take_over: bool = False, wait: bool = False) -
     return verdict == "expired" and (take_over or wait)
 
 
-def ttl_from_env(env: Mapping[str, str] | None = None) -> float:
-    """``KFTUNE_LEASE_TTL`` in seconds (default :data:`DEFAULT_TTL_S`); :class:`ConfigError` if malformed."""
+def ttl_from_env(env: Mapping[str, str] | None = None, name: str = TTL_ENV, default: float = DEFAULT_TTL_S) -> float:
+    """The variable ``name`` (``KFTUNE_LEASE_TTL``) in seconds, ``default`` when unset; :class:`ConfigError`
+    naming the variable if malformed."""
     env = os.environ if env is None else env
-    raw = (env.get(TTL_ENV) or "").strip()
+    raw = (env.get(name) or "").strip()
     if not raw:
-        return DEFAULT_TTL_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
     if not MIN_TTL_S <= value <= MAX_TTL_S:
-        raise ConfigError([Problem(TTL_ENV, f"{raw!r} must be a number of seconds from {MIN_TTL_S:g} to "
-                                            f"{MAX_TTL_S:g} (default {DEFAULT_TTL_S:g})")])
+        raise ConfigError([Problem(name, f"{raw!r} must be a number of seconds from {MIN_TTL_S:g} to "
+                                         f"{MAX_TTL_S:g} (default {default:g})")])
     return value
 
 
@@ -579,12 +580,9 @@ def pipeline_lease(store: Any, run_id: str, owner: str) -> RunLease:
     holder-gone take-over), a time to live of ``KFTUNE_PIPELINE_LEASE_TTL`` seconds (default 6 h) renewed by
     every search round. A pipeline never takes a lease that another driver holds, nor an expired one:
     another run's lease is refused with who holds it, and :data:`EXIT_BUSY` semantics are the caller's."""
-    raw = (os.environ.get(PIPELINE_TTL_ENV) or "").strip()
-    ttl = DEFAULT_PIPELINE_TTL_S
-    if raw:
-        ttl = ttl_from_env({TTL_ENV: raw})
     from kftune.core.search_policy import lease_key
 
+    ttl = ttl_from_env(name=PIPELINE_TTL_ENV, default=DEFAULT_PIPELINE_TTL_S)
     return RunLease(store, lease_key(run_id), run_id=run_id, purpose="kftune pipeline run", ttl_s=ttl, owner=owner,
                     process=Process(host=socket.gethostname(), machine="", pid=0))
 
