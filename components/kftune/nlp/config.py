@@ -92,7 +92,8 @@ class Hyperparameters:
     # --- hashed n-gram bag (fastText-style; document_encoder: ngram, or ngram_features beside another) ---
     ngram_features: bool = False             # classification: add the n-gram bag to a cnn/lstm/gru/mean/max encoder
     ngram_dim: int = 64                      # size of the bag's vectors
-    ngram_buckets: int = 1 << 20             # hash buckets (rows of the EmbeddingBag)
+    ngram_buckets: int = 1 << 20             # hash buckets (rows of the EmbeddingBag) when ngram_min_count is 1
+    ngram_min_count: int = 1                 # >= 2: keep only n-grams in that many training documents, one row each (no hashing)
     word_ngrams: int = 2                     # token n-grams of order 1..word_ngrams (0: none)
     char_ngram_min: int = 2                  # character n-grams of each word (wrapped in < >), lengths min..max
     char_ngram_max: int = 4                  # 0: no character n-grams
@@ -460,6 +461,7 @@ _SPECS: dict[str, _Spec] = {
     "max_length": _Spec(_to_int, Bound(1, 100_000, unit="tokens")),
     "ngram_features": _Spec(_to_bool),
     "ngram_dim": _Spec(_to_int, Bound(1, 1024, unit="dimensions")),
+    "ngram_min_count": _Spec(_to_int, Bound(1, 1000, unit="documents")),
     "ngram_buckets": _Spec(_to_int, Bound(1, 1 << 24, unit="hash buckets")),
     "word_ngrams": _Spec(_to_int, Bound(0, 5, unit="tokens (n-gram order)")),
     "char_ngram_min": _Spec(_to_int, Bound(1, 10, unit="characters")),

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.nlp.ngrams import NgramSpec
+from kftune.nlp.ngrams import NgramSpec, NgramVocabulary
 from kftune.nlp.tokenizers import Tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
@@ -360,12 +361,24 @@ class TextEncoder:
     def __init__(self, task: TaskInfo, words: Vocabulary, labels: LabelDictionary, max_length: int,
                  chars: Vocabulary | None = None, pretrained: PretrainedVocabulary | None = None,
                  tokenizer: Tokenizer | None = None, ngrams: NgramSpec | None = None,
-                 casing: bool = False, lowercase: bool = False):
+                 casing: bool = False, lowercase: bool = False, ngram_vocab: NgramVocabulary | None = None):
         self.task, self.words, self.labels, self.max_length = task, words, labels, max_length
         self.chars, self.pretrained = chars, pretrained
         self.tokenizer = tokenizer
         self.ngrams = ngrams
+        self.ngram_vocab = ngram_vocab
         self.casing, self.lowercase = casing, lowercase
+
+    @property
+    def ngram_rows(self) -> int:
+        if self.ngram_vocab is not None:
+            return max(1, len(self.ngram_vocab))
+        return self.ngrams.buckets if self.ngrams is not None else 0
+
+    def _ngram_ids(self, tokens, text):
+        if self.ngram_vocab is not None:
+            return self.ngram_vocab.rows(self.ngrams.hashes(tokens, text))
+        return self.ngrams.ids(tokens, text)
 
     def tokenize(self, text: str) -> list[str]:
         """Raw text to tokens, as the training corpus was tokenized."""
@@ -398,9 +411,14 @@ class TextEncoder:
                 label_set.update(ex.tags or ())
         if not label_set:
             raise DataError("the training split has no labels")
+        vocab = None
+        if ngrams is not None and ngrams.min_count > 1:
+            vocab = NgramVocabulary.build(
+                (ngrams.hashes(ex.tokens[:max_length], ex.text if len(ex.tokens) <= max_length else None)
+                 for ex in train), ngrams.min_count)
         return cls(task, Vocabulary.build(counts, min_word_freq), LabelDictionary.build(label_set),
                    max_length, chars=Vocabulary.build(char_counts) if use_chars else None, tokenizer=tokenizer,
-                   ngrams=ngrams, casing=use_casing, lowercase=lowercase)
+                   ngrams=ngrams, casing=use_casing, lowercase=lowercase, ngram_vocab=vocab)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task.to_dict(), "words": self.words.itos, "labels": self.labels.itos,
@@ -408,6 +426,7 @@ class TextEncoder:
                 "pretrained": self.pretrained.itos if self.pretrained else None,
                 "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
                 "ngrams": dataclasses.asdict(self.ngrams) if self.ngrams is not None else None,
+                "ngram_vocab": (torch.from_numpy(self.ngram_vocab.kept) if self.ngram_vocab is not None else None),
                 "casing": self.casing, "lowercase": self.lowercase}
 
     @classmethod
@@ -418,7 +437,9 @@ class TextEncoder:
                    pretrained=PretrainedVocabulary(data["pretrained"]) if data.get("pretrained") else None,
                    tokenizer=tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None,
                    ngrams=NgramSpec(**data["ngrams"]) if data.get("ngrams") else None,
-                   casing=bool(data.get("casing", False)), lowercase=bool(data.get("lowercase", False)))
+                   casing=bool(data.get("casing", False)), lowercase=bool(data.get("lowercase", False)),
+                   ngram_vocab=(NgramVocabulary(np.asarray(data["ngram_vocab"]))
+                                if data.get("ngram_vocab") is not None else None))
 
     def _char_ids(self, chars: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
         rows = [chars.encode(tok[:MAX_WORD_CHARS]) or [UNK_ID] for tok in tokens]
@@ -454,8 +475,8 @@ class TextEncoder:
             if self.pretrained is not None:
                 pre.append(torch.tensor(self.pretrained.encode(toks), dtype=torch.long))
             if self.ngrams is not None:
-                grams.append(torch.tensor(self.ngrams.ids(toks, ex.text if len(toks) == len(ex.tokens) else None),
-                                          dtype=torch.long))
+                grams.append(torch.as_tensor(self._ngram_ids(toks, ex.text if len(toks) == len(ex.tokens) else None),
+                                             dtype=torch.long))
             if with_labels:
                 if self.task.is_classification:
                     labels.append(torch.tensor(self.labels.encode([ex.label or ""], unseen)[0], dtype=torch.long))

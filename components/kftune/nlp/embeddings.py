@@ -351,7 +351,7 @@ def ngram_spec(hp: "Hyperparameters") -> NgramSpec | None:
     if not hp.uses_ngrams:
         return None
     return NgramSpec(word_ngrams=hp.word_ngrams, char_min=hp.char_ngram_min, char_max=hp.char_ngram_max,
-                     buckets=hp.ngram_buckets)
+                     buckets=hp.ngram_buckets, min_count=hp.ngram_min_count)
 
 
 def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Example] | None, hp: "Hyperparameters",

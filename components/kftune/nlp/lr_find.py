@@ -71,7 +71,7 @@ DEFAULT_DEV_SUBSET = 256
 
 # The hyperparameters that shape the encoded data (vocabularies, truncation, extra id columns).
 _DATA_FIELDS = ("min_word_freq", "max_length", "char_embeddings", "pretrained_embeddings", "ngram_buckets",
-                "word_ngrams", "char_ngram_min", "char_ngram_max")
+                "word_ngrams", "char_ngram_min", "char_ngram_max", "ngram_min_count")
 
 
 @dataclass
@@ -106,7 +106,8 @@ def _data_fields(hp: Hyperparameters) -> dict[str, Any]:
     out = {k: getattr(hp, k) for k in _DATA_FIELDS}
     out["char_embeddings"] = hp.char_embeddings != "none"  # only whether chars are encoded matters
     if not hp.uses_ngrams:   # the n-gram settings shape the encoding only when there is a bag
-        out.update(ngram_buckets=None, word_ngrams=None, char_ngram_min=None, char_ngram_max=None)
+        out.update(ngram_buckets=None, word_ngrams=None, char_ngram_min=None, char_ngram_max=None,
+                   ngram_min_count=None)
     return out
 
 

@@ -155,11 +155,12 @@ class TextClassifier(nn.Module):
 
     is_classifier = True
 
-    def __init__(self, embeddings: StackedEmbeddings | None, num_labels: int, hp: Hyperparameters):
+    def __init__(self, embeddings: StackedEmbeddings | None, num_labels: int, hp: Hyperparameters,
+                 ngram_rows: int | None = None):
         super().__init__()
         self.embeddings = embeddings
         self.encoder_type = hp.document_encoder
-        self.ngram_bag = (NgramBag(hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout, hp.ngram_weighting)
+        self.ngram_bag = (NgramBag(ngram_rows or hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout, hp.ngram_weighting)
                           if hp.uses_ngrams else None)
         self.word_dropout = WordDropout(hp.word_dropout)
         self.locked_dropout = LockedDropout(hp.locked_dropout)
@@ -367,10 +368,10 @@ def build_model(task_type: str, hp: Hyperparameters, encoder: TextEncoder, *,
         if encoder.ngrams is None:
             raise ConfigError([Problem("hyperparameters.document_encoder",
                                        "ngram needs an encoder built with n-gram features (encode_corpus does this)")])
-        return TextClassifier(None, len(encoder.labels), hp)
+        return TextClassifier(None, len(encoder.labels), hp, ngram_rows=encoder.ngram_rows)
     embeddings = build_embeddings(hp, encoder, pretrained_weights=pretrained_weights, storage_mode=storage_mode)
     if task_type == "text_classification":
-        return TextClassifier(embeddings, len(encoder.labels), hp)
+        return TextClassifier(embeddings, len(encoder.labels), hp, ngram_rows=encoder.ngram_rows or None)
     if task_type == "sequence_labeling":
         return SequenceTagger(embeddings, len(encoder.labels), hp)
     raise ConfigError([Problem("task.type", f"unknown task type {task_type!r}")])
