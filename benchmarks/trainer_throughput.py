@@ -20,15 +20,23 @@ Epoch time = (wall time of the whole training) / epochs, everything included (fi
 the median over ``--repeats`` child processes, run interleaved (kftune, bare, ... , kftune, bare, ...)
 so that drifting machine load hits all variants alike.
 
-Tasks: ``trec6`` (TREC_6, full, dev carved from train; Kim CNN classifier, the task defaults) and
-``ud`` (UD_ENGLISH upos, 30 % of train; BiLSTM-CRF tagger with a char BiLSTM, the task defaults).
+Tasks: ``trec6`` (TREC_6, full, dev carved from train; Kim CNN classifier, the task defaults),
+``ud`` (UD_ENGLISH upos, 30 % of train; BiLSTM-CRF tagger with a char BiLSTM, the task defaults) and
+``trec6-bert`` (TREC_6; a BERT fine-tuned with the fine-tune preset: the transformer's [CLS] vector and a
+linear layer, AdamW with a linear warm-up; needs the ``transformers`` extra). The BERT is built here, as a
+published one is stored (``save_pretrained``): a WordPiece tokenizer trained on the train split and a
+randomly initialised ``BertModel`` of ``--transformer-size`` ``tiny`` (2 layers, hidden 128, 2 heads:
+bert-tiny's shape) or ``base`` (12 layers, hidden 768, 12 heads: BERT-base's); the default is ``tiny`` on
+the CPU, ``base`` on CUDA, where the trainer runs it in bf16 autocast (``precision: auto``) and so does the
+bare loop. ``--downsample`` overrides the tasks' train fraction (for a quick run).
 Corpora come from the corpus step (``kftune corpus``) through ``KFTUNE_CORPUS_MIRROR``
 (default ``../shared/corpora``).
 
 Usage::
 
-    python benchmarks/trainer_throughput.py [--tasks trec6,ud] [--epochs 3] [--repeats 3] [--threads 1]
-        [--device cpu|cuda] [--flair-python /tmp/flairvenv/bin/python] [--tag NAME]
+    python benchmarks/trainer_throughput.py [--tasks trec6,ud,trec6-bert] [--epochs 3] [--repeats 3] [--threads 1]
+        [--device cpu|cuda] [--transformer-size tiny|base] [--downsample F]
+        [--flair-python /tmp/flairvenv/bin/python] [--tag NAME]
 
 writes ``benchmarks/results/trainer_throughput[-TAG].json`` and ``.md``. Targets: time ratio
 kftune/bare <= 1.05, peak-memory ratio <= 1.2.
@@ -56,7 +64,43 @@ TIME_TARGET, MEMORY_TARGET = 1.05, 1.2
 TASKS = {
     "trec6": {"corpus": "TREC_6", "downsample": 1.0, "overrides": {}},
     "ud": {"corpus": "UD_ENGLISH", "downsample": 0.3, "overrides": {}},
+    # the hyperparameters are the fine-tune preset's; "transformer" is set to the BERT built for the run
+    "trec6-bert": {"corpus": "TREC_6", "downsample": 1.0, "overrides": {"max_length": 64}, "transformer": True},
 }
+TRANSFORMER_SIZES = {  # BertConfig fields: bert-tiny's shape and BERT-base's
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512},
+    "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+
+
+def build_transformer(corpus: Path, size: str, cache: Path) -> Path:
+    """``cache/bert-<size>-<corpus>``: a WordPiece tokenizer trained on the corpus' train split and a randomly
+    initialised BertModel, both written with ``save_pretrained`` (made once)."""
+    out = cache / f"bert-{size}-{corpus.name}"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    texts = [" ".join(json.loads(line)["tokens"]) for line in (corpus / "train.jsonl").open(encoding="utf-8")]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=8000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=512).save_pretrained(out)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=512,
+                         **TRANSFORMER_SIZES[size])).save_pretrained(out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,7 +111,7 @@ TASKS = {
 # workers (one per child process)
 
 
-def _load(corpus: Path, threads: int):
+def _load(corpus: Path, threads: int, overrides: dict[str, Any]):
     import torch
 
     torch.set_num_threads(threads)
@@ -75,7 +119,7 @@ def _load(corpus: Path, threads: int):
     from kftune.nlp.data import TextEncoder, read_corpus_info, read_split, task_from_corpus_info
 
     task = task_from_corpus_info(read_corpus_info(corpus))
-    hp = Hyperparameters.from_mapping({}, task.type)
+    hp = Hyperparameters.from_mapping(overrides, task.type)
     train = read_split(corpus / "train.jsonl", task.type)
     dev = read_split(corpus / "dev.jsonl", task.type)
     enc = TextEncoder.build(task, train, min_word_freq=hp.min_word_freq, max_length=hp.max_length,
@@ -92,13 +136,13 @@ def _memory(device: str) -> dict[str, float]:
     return out
 
 
-def worker_kftune(corpus: Path, epochs: int, threads: int, device: str) -> dict[str, Any]:
+def worker_kftune(corpus: Path, epochs: int, threads: int, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
     from kftune.nlp.checkpoint import local_checkpoint_store, seed_everything
     from kftune.nlp.config import TrainerConfig
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer
 
-    task, hp, enc, train, dev = _load(corpus, threads)
+    task, hp, enc, train, dev = _load(corpus, threads, overrides)
     seed_everything(1)
     model = build_model(task.type, hp, enc)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +163,8 @@ def worker_kftune(corpus: Path, epochs: int, threads: int, device: str) -> dict[
 
 class BareLoop:
     """The hand-written loop: same model class, data and seed; forward, backward, clip, step; a dev
-    pass for the score. ``bucketed=False`` cuts plain shuffled batches instead of length buckets."""
+    pass for the score. ``bucketed=False`` cuts plain shuffled batches instead of length buckets. On CUDA
+    the forward pass runs under the autocast the trainer uses (bf16 where supported, ``precision: auto``)."""
 
     def __init__(self, task: Any, hp: Any, enc: Any, train: Any, dev: Any, device: str, bucketed: bool):
         import torch
@@ -131,7 +176,11 @@ class BareLoop:
         self.device = torch.device(device)
         seed_everything(1)
         self.model = build_model(task.type, hp, enc).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=hp.learning_rate,
+                                     weight_decay=hp.weight_decay)
+        from kftune.nlp.trainer import resolve_autocast
+
+        self.autocast = resolve_autocast("auto", self.device)
 
     def epoch(self, epoch: int) -> float:
         import random
@@ -148,17 +197,20 @@ class BareLoop:
             idx = list(train.usable)
             random.Random(epoch).shuffle(idx)
             order = [idx[i:i + hp.mini_batch_size] for i in range(0, len(idx), hp.mini_batch_size)]
+        from kftune.nlp.predict import autocast_context
+
         model.train()
         for indices in order:
             batch = collate(train, indices).to(self.device)
-            loss, n = model.loss(batch)
+            with autocast_context(self.device, self.autocast):
+                loss, n = model.loss(batch)
             (loss / n).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), hp.clip_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         model.eval()
         predicted: list[Any] = [None] * len(dev)
-        with torch.no_grad():
+        with torch.no_grad(), autocast_context(self.device, self.autocast):
             for indices in batch_order(dev, 2 * hp.mini_batch_size, shuffle=False):
                 _, _, pred = model.loss_and_predict(collate(dev, indices).to(self.device), with_scores=False)
                 for row, i in enumerate(indices):
@@ -168,8 +220,9 @@ class BareLoop:
         return dev_score(self.task, dev.gold(), predicted)
 
 
-def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: bool) -> dict[str, Any]:
-    task, hp, enc, train, dev = _load(corpus, threads)
+def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: bool,
+                overrides: dict[str, Any]) -> dict[str, Any]:
+    task, hp, enc, train, dev = _load(corpus, threads, overrides)
     loop = BareLoop(task, hp, enc, train, dev, device, bucketed)
     start = time.perf_counter()
     score = 0.0
@@ -180,7 +233,7 @@ def worker_bare(corpus: Path, epochs: int, threads: int, device: str, bucketed: 
             **_memory(device)}
 
 
-def worker_paired(corpus: Path, epochs: int, threads: int, device: str) -> dict[str, Any]:
+def worker_paired(corpus: Path, epochs: int, threads: int, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Both in one process, epoch by epoch: one ordinary ``Trainer.fit()`` runs, and its epoch callback
     runs one epoch of the bare loop, so machine load drifting over time hits both alike. A kftune
     epoch is the time from the end of the previous callback to the start of the next one (training,
@@ -191,7 +244,7 @@ def worker_paired(corpus: Path, epochs: int, threads: int, device: str) -> dict[
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer
 
-    task, hp, enc, train, dev = _load(corpus, threads)
+    task, hp, enc, train, dev = _load(corpus, threads, overrides)
     bare = BareLoop(task, hp, enc, train, dev, device, bucketed=True)
     seed_everything(1)
     model = build_model(task.type, hp, enc)
@@ -311,18 +364,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the results files (e.g. cuda)")
     parser.add_argument("--paired-epochs", type=int, default=7,
                         help="epochs of the in-process paired comparison (the first is warm-up)")
+    parser.add_argument("--transformer-size", choices=sorted(TRANSFORMER_SIZES),
+                        help="the BERT of trec6-bert (default: tiny on cpu, base on cuda)")
+    parser.add_argument("--downsample", type=float, help="train fraction of every task (default: each task's own)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         corpus = Path(args.corpus)
+        overrides = json.loads(args.overrides)
         if args.worker == "kftune":
-            res = worker_kftune(corpus, args.epochs, args.threads, args.device)
+            res = worker_kftune(corpus, args.epochs, args.threads, args.device, overrides)
         elif args.worker == "paired":
-            res = worker_paired(corpus, args.paired_epochs, args.threads, args.device)
+            res = worker_paired(corpus, args.paired_epochs, args.threads, args.device, overrides)
         else:
-            res = worker_bare(corpus, args.epochs, args.threads, args.device, bucketed=args.worker == "bare")
+            res = worker_bare(corpus, args.epochs, args.threads, args.device, bucketed=args.worker == "bare",
+                              overrides=overrides)
         print("RESULT " + json.dumps(res))
         return 0
 
@@ -339,8 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
     for task in [t for t in args.tasks.split(",") if t]:
-        spec = TASKS[task]
+        spec = dict(TASKS[task])
+        if args.downsample is not None:
+            spec["downsample"] = args.downsample
         corpus = prepare_corpus(spec["corpus"], spec["downsample"], cache)
+        overrides = dict(spec["overrides"])
+        model_note = None
+        if spec.get("transformer"):
+            size = args.transformer_size or ("base" if args.device == "cuda" else "tiny")
+            overrides["transformer"] = str(build_transformer(corpus, size, cache))
+            shape = TRANSFORMER_SIZES[size]
+            model_note = (f"BERT {size} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
+                          f"{shape['num_attention_heads']} heads; random init, WordPiece trained on the train split), "
+                          "fine-tuned with the fine-tune preset: [CLS] vector + linear layer, AdamW, linear warm-up, "
+                          "batches of 16")
         variants = ["kftune", "bare", "bare-naive"]
         if args.flair_python and task == "trec6":
             variants.append("flair")
@@ -359,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                         runs.pop("flair")
                     continue
                 argv_v = [sys.executable, __file__, "--worker", v, "--corpus", str(corpus), "--epochs", str(args.epochs),
-                          "--threads", str(args.threads), "--device", args.device]
+                          "--threads", str(args.threads), "--device", args.device, "--overrides", json.dumps(overrides)]
                 runs[v].append(run_child(argv_v, env))
                 print(f"{task} {v} repeat {r + 1}: {runs[v][-1]['wall_s'] / args.epochs:.2f} s/epoch, "
                       f"{runs[v][-1]['peak_rss_mb']:.0f} MB", flush=True)
         summary = {v: summarize(rs) for v, rs in runs.items() if rs}
         ours, bare = summary["kftune"], summary["bare"]
         paired = run_child([sys.executable, __file__, "--worker", "paired", "--corpus", str(corpus), "--paired-epochs",
-                            str(args.paired_epochs), "--threads", str(args.threads), "--device", args.device], env)
+                            str(args.paired_epochs), "--threads", str(args.threads), "--device", args.device,
+                            "--overrides", json.dumps(overrides)], env)
         measured = {k: v[1:] for k, v in paired["times"].items()}  # epoch 1 is warm-up
         paired["wall_ratio_median"] = statistics.median(a[0] / b[0] for a, b in zip(measured["kftune"], measured["bare"]))
         paired["cpu_ratio_median"] = statistics.median(a[1] / b[1] for a, b in zip(measured["kftune"], measured["bare"]))
@@ -378,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                  "time_ratio_min": ours["epoch_s_min"] / bare["epoch_s_min"],
                  "cpu_ratio": ours["child_cpu_s_median"] / bare["child_cpu_s_median"],
                  "memory_ratio": ours["peak_rss_mb_max"] / bare["peak_rss_mb_max"], "notes": notes}
+        if model_note:
+            entry["model"] = model_note
         if "cuda_max_allocated_mb_max" in ours:
             entry["cuda_memory_ratio"] = ours["cuda_max_allocated_mb_max"] / bare["cuda_max_allocated_mb_max"]
         if "flair" in summary:
@@ -398,7 +472,10 @@ def write_results(report: dict[str, Any], tag: str) -> None:
              "Epoch time = wall time of the whole training / epochs (dev evaluation, checkpoints and the first "
              "epoch included), median over the runs. Peak RSS: `ru_maxrss` of each child, max over the runs.", ""]
     for task, entry in report["tasks"].items():
-        lines += [f"## {task}: {entry['corpus']} (train downsample {entry['downsample']})", "",
+        lines += [f"## {task}: {entry['corpus']} (train downsample {entry['downsample']})", ""]
+        if entry.get("model"):
+            lines += [f"Model: {entry['model']}.", ""]
+        lines += [
                   "| variant | epoch s (median) | epoch s (min) | child CPU s (median) | train sentences/s | peak RSS MB (max) |"
                   + (" CUDA max allocated MB |" if report["device"] == "cuda" else "") + " last dev score |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if report["device"] == "cuda" else "") + " ---: |"]

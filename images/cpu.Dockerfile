@@ -54,7 +54,7 @@ RUN if [ -z "${KFTUNE_VERSION}" ]; then \
         echo "pass --build-arg KFTUNE_VERSION=<version> (images/build.sh does)" >&2; exit 1; \
     fi \
     && python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
-    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword]" \
+    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword,transformers]" \
     && rm -r /tmp/torch-constraint.txt /tmp/wheels \
     && python -m pip check \
     && installed="$(kftune --version)" \
@@ -86,7 +86,7 @@ LABEL org.opencontainers.image.title="kftune-serving" \
 USER 0:0
 COPY --from=builder /wheels/ /tmp/wheels/
 RUN python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
-    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword,serve]" \
+    && python -m pip install --use-pep517 --constraint /tmp/torch-constraint.txt "$(echo /tmp/wheels/kftune-*.whl)[korean,subword,transformers,serve]" \
     && rm -r /tmp/torch-constraint.txt /tmp/wheels \
     && python -m pip check \
     && kftune serve --help > /dev/null

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.faulty_proxy", "tests.fixtures.prometheus",
-                  "tests.fixtures.kfp_api", "tests.fixtures.models"]
+                  "tests.fixtures.kfp_api", "tests.fixtures.models", "tests.fixtures.tiny_transformer"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = (REPO.parent / "shared" / "corpora").resolve()

@@ -194,8 +194,8 @@ def test_dockerfile_is_multistage_non_root_and_version_tagged(kind: str) -> None
     assert len(install) == 1 and "rm -r /tmp/torch-constraint.txt /tmp/wheels" in install[0]
     # torch stays the one installed before (CPU wheel) or shipped by the base (CUDA)
     assert "--constraint /tmp/torch-constraint.txt" in install[0]
-    # with the tokenizer extras, so an NSMC spec (Korean morphemes) runs in the image
-    assert "[korean,subword]" in install[0]
+    # with the tokenizer extras (an NSMC spec, Korean morphemes, runs in the image) and transformers
+    assert "[korean,subword,transformers]" in install[0]
     # the tag's version must be the wheel's: passed in, labelled, checked at build time
     assert "ARG KFTUNE_VERSION" in final
     assert any('org.opencontainers.image.version="${KFTUNE_VERSION}"' in line for line in final)
@@ -215,7 +215,7 @@ def test_serving_target_adds_the_serve_extra_and_runs_the_model_server(kind: str
     assert [line for line in serving if line.upper().startswith(("COPY", "ADD"))] == [
         "COPY --from=builder /wheels/ /tmp/wheels/"]
     [install] = [line for line in serving if "/tmp/wheels/kftune-*.whl" in line]
-    assert "[korean,subword,serve]" in install and "--constraint /tmp/torch-constraint.txt" in install
+    assert "[korean,subword,transformers,serve]" in install and "--constraint /tmp/torch-constraint.txt" in install
     assert "rm -r /tmp/torch-constraint.txt /tmp/wheels" in install
     assert "kftune serve --help" in install  # the server's entry point imports in the image
     assert "ARG KFTUNE_VERSION" in serving

@@ -107,6 +107,37 @@ def test_run_completes_on_cpu_and_prints_the_best_parameters_and_the_test_score(
 
 
 @pytest.mark.slow
+def test_run_fine_tunes_a_transformer_end_to_end(tmp_path: Path, corpus_mirror: Path, tiny_transformer: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The same tiny run with a transformer fine-tuned as Flair's tutorial does: the spec names only the weights
+    (the fine-tune preset fills in the rest: AdamW, linear warm-up, the transformer's document vector)."""
+    spec = _spec(tmp_path, **{
+        "model": {"transformer": str(tiny_transformer), "max_length": 32},
+        "lrRangeTest": {"enabled": True, "startLR": 1.0e-6, "endLR": 1.0e-1, "iterations": 8},
+        "search.parameters": [{"name": "learning_rate", "parameterType": "double",
+                               "feasibleSpace": {"min": "1e-5", "max": "1e-3", "distribution": "logUniform"}}]})
+    out_dir = tmp_path / "run"
+    rc = run_command.main([str(spec), "--out", str(out_dir), "--run-id", "tiny-bert"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err + captured.out
+    assert captured.out.count("] done   trial\n") == 2
+    from kftune.io.store import open_store
+
+    store = open_store(out_dir / "store")
+    _check_summary(captured.out, _best_record(store, "tiny-bert"))
+    import io
+
+    import torch
+
+    payload = torch.load(io.BytesIO(store.get_bytes("runs/tiny-bert/final/model.pt")), weights_only=True)
+    hp = payload["hyperparameters"]
+    assert (hp["transformer"], hp["document_encoder"], hp["scheduler"]) == (str(tiny_transformer), "transformer",
+                                                                            "linear_warmup")
+    assert "tokenizer.json" in payload["transformer"]  # the model file predicts without the weights directory
+    assert any(k.startswith("embeddings.embeddings.transformer.model.encoder.layer.1.") for k in payload["state_dict"])
+
+
+@pytest.mark.slow
 @pytest.mark.integration
 def test_run_with_the_store_on_s3_leaves_the_runs_objects_there(
         tmp_path: Path, corpus_mirror: Path, s3_env: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,7 +232,7 @@ def test_a_run_another_process_drives_exits_3_and_starts_nothing(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """One driver per run: kftune run holds the run's lease while its pipeline runs (its tasks find it theirs)
     and releases it at the end; a run id another live driver holds is refused with exit 3."""
-    from kftune.core.search_policy import lease_key
+    from kftune.io.journal import lease_key
     from kftune.io.lease import Process, RunLease
     from kftune.io.store import open_store
 

@@ -128,3 +128,36 @@ def test_sigterm_writes_a_checkpoint_and_resume_equals_uninterrupted_run(uninter
     done = subprocess.run(_train_cmd(corpus, out, "--resume"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     _assert_same_as(full_out, out)
+
+
+# ------------------------------------------------------------------ a fine-tuned transformer (the tiny BERT)
+def _transformer_cmd(corpus: Path, out: Path, weights: Path, *extra: str) -> list[str]:
+    # --set transformer=... fine-tunes it with the fine-tune preset (AdamW, linear warm-up, dropout in BERT)
+    return [sys.executable, "-m", "kftune.cli", "train", "--corpus", str(corpus), "--out", str(out),
+            "--max-epochs", str(EPOCHS), "--patience", "10", "--threads", "1", "--device", "cpu",
+            "--set", f"transformer={weights}", "--set", "learning_rate=1e-3", "--set", "mini_batch_size=8", *extra]
+
+
+@pytest.fixture(scope="module")
+def transformer_uninterrupted(tiny_transformer: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("resume-transformer")
+    corpus = write_corpus(base / "corpus", "text_classification", sizes=(240, 40, 10))
+    out = base / "full"
+    subprocess.run(_transformer_cmd(corpus, out, tiny_transformer), env=_env(), check=True, capture_output=True)
+    return corpus, out
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)],
+                         ids=["sigkill", "sigterm"])
+def test_a_fine_tuned_transformer_resumes_exactly(transformer_uninterrupted: tuple[Path, Path], tiny_transformer: Path,
+                                                  tmp_path: Path, sig: int, code: int) -> None:
+    corpus, full_out = transformer_uninterrupted
+    out = tmp_path / "stopped"
+    assert _interrupt_after_first_checkpoint(_transformer_cmd(corpus, out, tiny_transformer), out, sig) == code
+    done = subprocess.run(_transformer_cmd(corpus, out, tiny_transformer, "--resume"), env=_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    _assert_same_as(full_out, out)
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["hyperparameters"]["scheduler"] == "linear_warmup" and "config.json" in state["transformer"]

@@ -11,7 +11,10 @@ bad value with its field path (:class:`~kftune.core.errors.ConfigError`).
 
 Defaults depend on the task (:data:`TASK_DEFAULTS`): a Kim-style CNN with AdamW for text
 classification, a BiLSTM-CRF with character features for sequence labelling. Both train well
-from scratch on a CPU.
+from scratch on a CPU. A model that fine-tunes a transformer (``transformer`` set,
+``transformer_fine_tune`` on) starts from the fine-tune preset instead (:data:`FINE_TUNE_DEFAULTS`,
+Flair's ``ModelTrainer.fine_tune``): AdamW at 5e-5 with a linear warm-up, the transformer's own
+document vector (classification) or sub-token vectors without RNN/CRF (tagging).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from kftune.core.limits import Bound
 TaskType = Literal["text_classification", "sequence_labeling"]
 TASK_TYPES: tuple[str, ...] = ("text_classification", "sequence_labeling")
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("plateau", "onecycle", "linear_warmup", "cyclic", "none")
 CHAR_EMBEDDINGS = ("none", "lstm", "cnn")
-DOCUMENT_ENCODERS = ("mean", "max", "lstm", "gru", "cnn", "ngram")
+DOCUMENT_ENCODERS = ("mean", "max", "lstm", "gru", "cnn", "ngram", "transformer")
+SUBTOKEN_POOLINGS = ("first", "last", "first_last", "mean")   # Flair's TransformerWordEmbeddings(subtoken_pooling)
+CLS_POOLINGS = ("cls", "mean", "max")                          # Flair's TransformerDocumentEmbeddings(cls_pooling)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 STORAGE_MODES = ("none", "cpu", "gpu")
@@ -49,7 +54,7 @@ class Hyperparameters:
     """
 
     # --- optimizer and schedule -------------------------------------------------------------
-    optimizer: str = "adamw"                 # sgd | adamw
+    optimizer: str = "adamw"                 # sgd | adam (L2 decay) | adamw (decoupled decay)
     learning_rate: float = 1e-3
     mini_batch_size: int = 32
     mini_batch_chunk_size: int | None = None  # gradient accumulation: forward/backward in chunks
@@ -66,11 +71,16 @@ class Hyperparameters:
     embedding_dim: int = 128                 # trainable word embeddings; 0 = none
     min_word_freq: int = 1                   # rarer training words map to <unk>
     pretrained_embeddings: str | None = None  # URI/path of word2vec/GloVe text vectors
-    freeze_pretrained: bool = True
+    freeze_pretrained: bool = True           # the word vectors stay fixed (a transformer: transformer_fine_tune)
     char_embeddings: str = "none"            # none | lstm | cnn (per-token character encoder)
     char_embedding_dim: int = 25
     char_hidden_size: int = 25               # char-LSTM hidden size per direction / char-CNN filters
-    transformer: str | None = None           # local path/URI of Hugging Face weights (optional feature)
+    transformer: str | None = None           # directory or s3:// prefix of Hugging Face weights (optional feature)
+    transformer_fine_tune: bool = True       # train the transformer's weights (false: frozen features, cacheable)
+    transformer_layers: str = "-1"           # hidden states used: "-1" (last), "-1,-2,-3,-4", "all" (0 = embeddings)
+    transformer_layer_mean: bool = True      # average the chosen layers (false: concatenate them)
+    transformer_subtoken_pooling: str = "first"  # word vector from its sub-tokens: first | last | first_last | mean
+    transformer_cls_pooling: str = "cls"     # document_encoder transformer: cls (first sub-token) | mean | max
     casing_embedding_dim: int = 0            # word-shape feature: an embedding of each token's casing class
                                              # (lower, Initial, ALLCAPS, mixed, digits, punctuation, @user, #tag, URL); 0 = none
     lowercase_words: bool = False            # the trainable word vocabulary is lower-cased (pair with casing_embedding_dim)
@@ -79,7 +89,7 @@ class Hyperparameters:
     word_dropout: float = 0.05               # training: a word id becomes <unk> (chars stay)
     locked_dropout: float = 0.0
     # --- encoder / head ---------------------------------------------------------------------
-    document_encoder: str = "cnn"            # classification: mean | max | lstm | gru | cnn | ngram
+    document_encoder: str = "cnn"            # classification: mean | max | lstm | gru | cnn | ngram | transformer
     hidden_size: int = 128                   # RNN hidden size per direction
     rnn_layers: int = 1
     bidirectional: bool = True
@@ -103,19 +113,25 @@ class Hyperparameters:
     # --------------------------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None, task_type: str | None = None,
-                     path: str = "spec.model", base: "Hyperparameters | None" = None) -> "Hyperparameters":
-        """Build from a mapping of names to values (numbers, bools or Katib strings).
+                     path: str = "spec.model", base: "Hyperparameters | None" = None,
+                     overrides: Mapping[str, Any] | None = None, overrides_path: str = "--set") -> "Hyperparameters":
+        """Build from a mapping of names to values (numbers, bools or Katib strings), then ``overrides``
+        (e.g. ``--set`` assignments, reported as ``overrides_path.name``) over it.
 
-        Unset fields come from ``base`` when given, else from the task's defaults
-        (:func:`defaults_for`). Raises :class:`ConfigError` naming every bad field as ``path.name``.
+        Unset fields come from ``base`` when given, else from the task's defaults (:func:`defaults_for`),
+        which are the fine-tune preset (:data:`FINE_TUNE_DEFAULTS`) when the values given fine-tune a
+        transformer. Raises :class:`ConfigError` naming every bad field as ``path.name``.
         """
         problems: list[Problem] = []
+        values = _coerce_all(mapping or {}, path, problems)
+        values.update(_coerce_all(overrides or {}, overrides_path, problems))
         if base is None:
             if task_type is not None and task_type not in TASK_TYPES:
                 raise ConfigError([Problem("spec.task.type", f"unknown task type {task_type!r}; "
                                                            f"use one of {', '.join(TASK_TYPES)}")])
             base = defaults_for(task_type) if task_type else cls()
-        values = _coerce_all(mapping or {}, path, problems)
+            if task_type and dataclasses.replace(base, **values).fine_tunes_transformer:
+                base = defaults_for(task_type, fine_tune_transformer=True)
         hp = dataclasses.replace(base, **values)
         problems += hp.problems(path)
         if problems:
@@ -135,6 +151,11 @@ class Hyperparameters:
     def uses_token_embeddings(self) -> bool:
         """Whether the model embeds tokens (every encoder but the n-gram bag alone does)."""
         return self.document_encoder != "ngram"
+
+    @property
+    def fine_tunes_transformer(self) -> bool:
+        """Whether training updates a transformer's weights (then :data:`FINE_TUNE_DEFAULTS` apply)."""
+        return self.transformer is not None and self.transformer_fine_tune
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (kernel sizes as a list)."""
@@ -176,6 +197,10 @@ class Hyperparameters:
         if self.char_ngram_max and self.char_ngram_min > self.char_ngram_max:
             out.append(Problem(f"{path}.char_ngram_min",
                                f"{self.char_ngram_min} is larger than char_ngram_max {self.char_ngram_max}"))
+        if self.document_encoder == "transformer" and self.transformer is None:
+            out.append(Problem(f"{path}.document_encoder",
+                               "transformer needs a transformer: set transformer to a local directory or s3:// "
+                               "prefix of Hugging Face weights, or choose another document_encoder"))
         if (self.embedding_dim == 0 and self.pretrained_embeddings is None and self.char_embeddings == "none"
                 and self.transformer is None and self.document_encoder != "ngram"):
             out.append(Problem(f"{path}.embedding_dim",
@@ -200,6 +225,7 @@ class TrainerConfig:
     eval_batch_size: int | None = None       # default: 2 x mini_batch_size
     num_threads: int | None = None           # torch intra-op threads on CPU (None: torch's default)
     keep_best: bool = True                   # the final model is the best-dev epoch's weights
+    write_weights: bool = False              # kftune train: weights.tsv + weights.png (Flair's write_weights)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None, path: str = "spec.train",
@@ -261,14 +287,36 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def defaults_for(task_type: str | None) -> Hyperparameters:
-    """The default hyperparameters of ``task_type`` (the field defaults when ``None``)."""
+#: The fine-tune preset (Flair's ``ModelTrainer.fine_tune`` and its tutorials): the defaults of a model that
+#: fine-tunes a transformer, over the task's. AdamW (weight decay 0.01) at 5e-5 with a linear warm-up over
+#: 10 % of the steps and decay to 0, gradients clipped at 1.0 (BERT's recipe), batches of 16 (set
+#: mini_batch_chunk_size when a large transformer does not fit the accelerator: same gradient, less memory),
+#: BERT's 0.1 dropout before the output layer and no word or locked dropout. The transformer is the whole
+#: input: classification reads its document vector (document_encoder transformer, Flair's
+#: TransformerDocumentEmbeddings + a linear layer), tagging its first sub-token vectors with neither RNN nor
+#: CRF (Flair's fine-tuned NER).
+_FINE_TUNE_COMMON: dict[str, Any] = {
+    "optimizer": "adamw", "learning_rate": 5e-5, "mini_batch_size": 16, "mini_batch_chunk_size": None,
+    "weight_decay": 0.01, "scheduler": "linear_warmup", "warmup_fraction": 0.1, "clip_grad_norm": 1.0,
+    "embedding_dim": 0, "char_embeddings": "none", "casing_embedding_dim": 0, "lowercase_words": False,
+    "dropout": 0.1, "word_dropout": 0.0, "locked_dropout": 0.0,
+}
+FINE_TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text_classification": {**_FINE_TUNE_COMMON, "document_encoder": "transformer"},
+    "sequence_labeling": {**_FINE_TUNE_COMMON, "use_rnn": False, "use_crf": False, "reproject_embeddings": False},
+}
+
+
+def defaults_for(task_type: str | None, fine_tune_transformer: bool = False) -> Hyperparameters:
+    """The default hyperparameters of ``task_type`` (the field defaults when ``None``); with
+    ``fine_tune_transformer``, the task's fine-tune preset (:data:`FINE_TUNE_DEFAULTS`) over them."""
     if task_type is None:
         return Hyperparameters()
     if task_type not in TASK_DEFAULTS:
         raise ConfigError([Problem("spec.task.type", f"unknown task type {task_type!r}; "
                                                    f"use one of {', '.join(TASK_TYPES)}")])
-    return dataclasses.replace(Hyperparameters(), **TASK_DEFAULTS[task_type])
+    preset = FINE_TUNE_DEFAULTS[task_type] if fine_tune_transformer else {}
+    return dataclasses.replace(Hyperparameters(), **{**TASK_DEFAULTS[task_type], **preset})
 
 
 def validate_model_block(model: Any, task_type: str | None, path: str = "spec.model") -> list[Problem]:
@@ -398,6 +446,37 @@ def _to_str(value: Any) -> str:
     return str(value).strip()
 
 
+#: Most hidden-state indices ``transformer_layers`` lists, and the interval of one index.
+MAX_TRANSFORMER_LAYERS = 64
+_LAYER_INDEX = Bound(-MAX_TRANSFORMER_LAYERS, MAX_TRANSFORMER_LAYERS, unit="layer index")
+
+
+def _to_layers(value: Any) -> str:
+    """``transformer_layers`` as canonical text: ``"all"`` or comma-separated hidden-state indices
+    (``"-1,-2"``; a list or a single integer is accepted too), each index once."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    parts = (value.replace(";", ",").replace(" ", ",").strip("[]()").split(",") if isinstance(value, str)
+             else list(value) if isinstance(value, (list, tuple)) else [value])
+    parts = [p for p in parts if not isinstance(p, str) or p.strip()]
+    if not parts:
+        raise ValueError(f"{value!r} names no layer; use e.g. \"-1\" (the last), \"-1,-2,-3,-4\" or all")
+    if len(parts) > MAX_TRANSFORMER_LAYERS:
+        raise ValueError(f"{len(parts)} layers: at most {MAX_TRANSFORMER_LAYERS}")
+    try:
+        out = [_to_int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{limits.short(value)} is not a list of layer indices (e.g. \"-1\", \"-1,-2,-3,-4\") "
+                         "or all") from None
+    for index in out:
+        message = _LAYER_INDEX.problem(index)
+        if message:
+            raise ValueError(f"layer index {message}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{limits.short(value)} names a layer twice")
+    return ",".join(str(i) for i in out)
+
+
 def _kernels_check(v: tuple[int, ...]) -> str | None:
     bad = [k for k in v if not _KERNEL_SIZE.contains(k)]
     if not bad:
@@ -414,7 +493,7 @@ def _clip_coerce(value: Any) -> float | None:
 MAX_KERNEL_SIZES = 16
 _KERNEL_SIZE = Bound(1, 64, unit="tokens")
 #: The n-gram bag's weights (``ngram_buckets x ngram_dim``): 2**30 floats are 4 GiB, three times that with
-#: AdamW's moments, and the same again in each checkpoint.
+#: Adam's or AdamW's moments, and the same again in each checkpoint.
 MAX_NGRAM_WEIGHTS = 2**30
 
 _PROBABILITY = Bound(0, 1, hi_open=True, unit="probability")
@@ -444,6 +523,11 @@ _SPECS: dict[str, _Spec] = {
     "char_embedding_dim": _Spec(_to_int, Bound(1, 1024, unit="dimensions")),
     "char_hidden_size": _Spec(_to_int, Bound(1, 4096, unit="hidden units")),
     "transformer": _Spec(_optional(_to_str)),
+    "transformer_fine_tune": _Spec(_to_bool),
+    "transformer_layers": _Spec(_to_layers),
+    "transformer_layer_mean": _Spec(_to_bool),
+    "transformer_subtoken_pooling": _Spec(_choice(SUBTOKEN_POOLINGS)),
+    "transformer_cls_pooling": _Spec(_choice(CLS_POOLINGS)),
     "casing_embedding_dim": _Spec(_to_int, Bound(0, 256, unit="dimensions")),
     "lowercase_words": _Spec(_to_bool),
     "dropout": _Spec(_to_float, _PROBABILITY),
@@ -482,12 +566,14 @@ _TRAINER_SPECS: dict[str, _Spec] = {
     "eval_batch_size": _Spec(_optional(_to_int), _BATCH),
     "num_threads": _Spec(_optional(_to_int), Bound(1, limits.MAX_THREADS, unit="threads")),
     "keep_best": _Spec(_to_bool),
+    "write_weights": _Spec(_to_bool),
 }
 
 #: The interval (and unit) of every numeric hyperparameter and trainer setting (``docs/spec.md`` lists them).
 HYPERPARAMETER_BOUNDS: Mapping[str, Bound] = {
     **{k: v.bound for k, v in _SPECS.items() if v.bound is not None},
     "cnn_kernel_sizes": _KERNEL_SIZE,  # each width (at most MAX_KERNEL_SIZES of them)
+    "transformer_layers": _LAYER_INDEX,  # each hidden-state index (at most MAX_TRANSFORMER_LAYERS of them)
 }
 TRAINER_BOUNDS: Mapping[str, Bound] = {k: v.bound for k, v in _TRAINER_SPECS.items() if v.bound is not None}
 

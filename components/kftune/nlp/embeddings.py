@@ -1,5 +1,6 @@
 """Token embeddings: trainable words, characters (BiLSTM or CNN per token), pretrained word vectors,
-an optional Hugging Face transformer, and a stack of several.
+an optional Hugging Face transformer (word vectors from sub-tokens, or a document vector), and a stack
+of several.
 
 Every embedding maps a :class:`~kftune.nlp.data.Batch` to ``[batch, tokens, dim]``. The stack
 concatenates them and, for frozen embeddings that are costly to compute (a frozen transformer),
@@ -9,9 +10,12 @@ every time, ``cpu`` keeps them in host memory, ``gpu`` on the device.
 
 from __future__ import annotations
 
+import atexit
+import base64
 import gzip
 import io
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -147,59 +151,241 @@ class CharCNNEmbedding(_CharEncoderBase):
         return h.max(dim=2).values
 
 
-class TransformerEmbedding(TokenEmbedding):
-    """A Hugging Face encoder loaded from a local directory (no hub download): the first sub-token's
-    last hidden state per word. Needs the optional ``transformers`` package."""
+# ------------------------------------------------------------------------------------------------
+# Hugging Face transformers (the optional ``transformers`` package, imported when one is built)
 
-    def __init__(self, path: str, freeze: bool):
+
+def import_transformers() -> Any:
+    """The ``transformers`` module, or a :class:`ConfigError` that names the package and how to install it."""
+    try:
+        import transformers  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError([Problem("hyperparameters.transformer",
+                                   "transformer embeddings need the optional 'transformers' package, which is not "
+                                   "installed: pip install 'kftune[transformers]' (or pip install "
+                                   "'transformers>=4.46'); or remove 'transformer'")]) from None
+    transformers.utils.logging.disable_progress_bar()  # no weight-loading bars in trial logs
+    return transformers
+
+
+def _export_files(tokenizer: Any, config: Any) -> dict[str, str]:
+    """The transformer's config and tokenizer files as ``{name: base64 text}``: what a model file keeps
+    besides the weights (plain strings, so the file still loads with ``weights_only=True``)."""
+    with tempfile.TemporaryDirectory(prefix="kftune-transformer-export-") as tmp:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {f.name: base64.b64encode(f.read_bytes()).decode("ascii")
+                for f in sorted(Path(tmp).iterdir()) if f.is_file()}
+
+
+class _TransformerBase(TokenEmbedding):
+    """A Hugging Face encoder and its fast tokenizer, from a local directory or an ``s3://`` prefix
+    (``source``; never a hub download) or from the files a model file kept (``files``, the weights then
+    come from the model's state dict). ``fine_tune``: the encoder's weights train with the model (Flair's
+    ``fine_tune=True``); off, they are frozen, the encoder runs in eval mode without gradients and its
+    outputs may be cached (:class:`StackedEmbeddings`). ``layers``: the hidden states used (``"-1"`` the
+    last, ``"-1,-2,-3,-4"``, ``"all"``; 0 is the embedding layer's output), averaged (``layer_mean``)
+    or concatenated - Flair's ``layers`` and ``layer_mean``."""
+
+    def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
+                 files: dict[str, str] | None = None):
         super().__init__()
+        transformers = import_transformers()
+        self.source = source
         try:
-            from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found]
-        except ImportError:
+            if files is not None:
+                with tempfile.TemporaryDirectory(prefix="kftune-transformer-") as tmp:
+                    for name, text in files.items():
+                        (Path(tmp) / Path(name).name).write_bytes(base64.b64decode(text))
+                    self.tokenizer = self._tokenizer(transformers, tmp)
+                    config = transformers.AutoConfig.from_pretrained(tmp, local_files_only=True)
+                    self.model = transformers.AutoModel.from_config(config)
+            else:
+                if source is None:
+                    raise ConfigError([Problem("hyperparameters.transformer", "no transformer source given")])
+                local = materialize_directory(source)
+                self.tokenizer = self._tokenizer(transformers, local)
+                self.model = transformers.AutoModel.from_pretrained(local, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            where = source if files is None else "the model file's transformer"
             raise ConfigError([Problem("hyperparameters.transformer",
-                                       "transformer embeddings need the optional 'transformers' package "
-                                       "(pip install transformers), which is not installed; remove "
-                                       "'transformer' or install it")]) from None
-        local = materialize_directory(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ConfigError([Problem("hyperparameters.transformer",
-                                       f"{path}: word alignment needs a fast tokenizer (tokenizer.json)")])
-        self.model = AutoModel.from_pretrained(local, local_files_only=True)
-        self.freeze = freeze
-        if freeze:
+                                       f"{where}: cannot load Hugging Face weights and tokenizer from it "
+                                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                       "point it at a directory written by save_pretrained (config.json, the "
+                                       "weights, tokenizer.json)")]) from None
+        self.model.float()  # the master weights train in float32 (a checkpoint may be stored in half precision)
+        self._files = files
+        self.fine_tune = fine_tune
+        self.cacheable = not fine_tune
+        if not fine_tune:
             for p in self.model.parameters():
                 p.requires_grad_(False)
-        self.embedding_length = int(self.model.config.hidden_size)
-        # words whose sub-tokens fall beyond the encoder's window get zero vectors
+            self.model.eval()
+        config = self.model.config
+        self.hidden_size = int(config.hidden_size)
+        states = int(getattr(config, "num_hidden_layers", 0) or 0) + 1   # the embedding layer's output, then each layer
+        self.layer_indexes = self._layer_indexes(layers, states)
+        self.layer_mean = layer_mean
+        self.width = self.hidden_size * (1 if layer_mean else len(self.layer_indexes))
+        self.last_layer_only = self.layer_indexes in ([-1], [states - 1])
+        # sentences longer than the encoder's window are cut there: their later words get zero vectors
         limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        positions = int(getattr(config, "max_position_embeddings", 0) or 0)
         if not 0 < limit < 100_000:  # tokenizers without a limit report a huge sentinel value
-            limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
-        self.max_subtokens = limit
-        self.cacheable = freeze
-        self.source = path
+            limit = positions or 512
+        self.max_subtokens = min(limit, positions) if positions else limit
+        known = ("input_ids", "attention_mask", "token_type_ids")
+        self.input_names = ([n for n in getattr(self.tokenizer, "model_input_names", ()) if n in known]
+                            or ["input_ids", "attention_mask"])
+
+    @staticmethod
+    def _tokenizer(transformers: Any, directory: str) -> Any:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("word alignment needs a fast tokenizer (a tokenizer.json)")
+        try:
+            tokenizer([["a"]], is_split_into_words=True)
+        except Exception as exc:  # noqa: BLE001 - byte-level BPE (RoBERTa, GPT-2) needs a prefix space for words
+            if "add_prefix_space" not in str(exc):
+                raise
+            tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True,
+                                                                   add_prefix_space=True)
+        return tokenizer
+
+    def _layer_indexes(self, layers: str, states: int) -> list[int]:
+        if layers == "all":
+            return list(range(states))
+        indexes = [int(x) for x in layers.split(",")]
+        bad = [i for i in indexes if not -states <= i < states]
+        if bad:
+            raise ConfigError([Problem("hyperparameters.transformer_layers",
+                                       f"layer {bad[0]} does not exist: {self.source or 'the transformer'} has "
+                                       f"{states - 1} layers (hidden states 0..{states - 1}: 0 the embedding layer's "
+                                       f"output, -1 the last layer)")])
+        return indexes
+
+    def train(self, mode: bool = True) -> "_TransformerBase":
+        super().train(mode)
+        if not self.fine_tune:
+            self.model.eval()  # frozen features: no dropout, the same vector every time
+        return self
+
+    def saved_files(self) -> dict[str, str]:
+        """The config and tokenizer files a model file keeps, to rebuild this module without ``source``."""
+        if self._files is None:
+            self._files = _export_files(self.tokenizer, self.model.config)
+        return self._files
+
+    def encode(self, sentences: Sequence[Sequence[str]]) -> Any:
+        """The tokenizer's batch (on the CPU) for pre-split sentences: padded, cut at the encoder's window."""
+        return self.tokenizer([list(t) for t in sentences], is_split_into_words=True, truncation=True,
+                              max_length=self.max_subtokens, padding=True, return_tensors="pt")
+
+    def hidden(self, enc: Any, device: torch.device) -> torch.Tensor:
+        """``[B, S, width]``: the chosen hidden states of every sub-token, averaged or concatenated."""
+        inputs = {k: enc[k].to(device, non_blocking=True) for k in self.input_names if k in enc}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.fine_tune):
+            if self.last_layer_only:
+                return self.model(**inputs).last_hidden_state
+            states = self.model(**inputs, output_hidden_states=True).hidden_states
+            chosen = [states[i] for i in self.layer_indexes]
+        if len(chosen) == 1:
+            return chosen[0]
+        return torch.stack(chosen).mean(dim=0) if self.layer_mean else torch.cat(chosen, dim=-1)
+
+
+class TransformerWordEmbedding(_TransformerBase):
+    """One vector per word from its sub-tokens (Flair's ``TransformerWordEmbeddings``): ``first``, ``last``,
+    ``first_last`` (both, concatenated) or the ``mean`` of them (``subtoken_pooling``). Words that the
+    encoder's window cut off, or that the tokenizer maps to no sub-token, get zero vectors."""
+
+    def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
+                 subtoken_pooling: str = "first", files: dict[str, str] | None = None):
+        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files)
+        self.subtoken_pooling = subtoken_pooling
+        self.embedding_length = self.width * (2 if subtoken_pooling == "first_last" else 1)
+
+    def _alignment(self, enc: Any, batch_size: int, words: int) -> dict[str, torch.Tensor]:
+        """Flat indices: sub-token ``b * S + s`` -> word ``b * T + w`` (every sub-token, its word's first
+        and its last)."""
+        seq = enc["input_ids"].shape[1]
+        every_src, every_dst, first, last = [], [], {}, {}
+        for b in range(batch_size):
+            for pos, word in enumerate(enc.word_ids(b)):
+                if word is None or word >= words:
+                    continue
+                src, dst = b * seq + pos, b * words + word
+                every_src.append(src)
+                every_dst.append(dst)
+                first.setdefault(dst, src)
+                last[dst] = src
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+        return {"src": as_long(every_src), "dst": as_long(every_dst), "first_dst": as_long(list(first)),
+                "first_src": as_long(list(first.values())), "last_dst": as_long(list(last)),
+                "last_src": as_long(list(last.values()))}
 
     def forward(self, batch: Batch) -> torch.Tensor:
         device = batch.words.device
-        enc = self.tokenizer([list(t) for t in batch.tokens], is_split_into_words=True, truncation=True,
-                             max_length=self.max_subtokens, padding=True, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in enc.items()}
-        if self.freeze:
-            self.model.eval()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            hidden = self.model(**inputs).last_hidden_state
-        out = hidden.new_zeros(len(batch.tokens), batch.words.shape[1], hidden.shape[-1])
-        for b in range(len(batch.tokens)):
-            seen = set()
-            for pos, word in enumerate(enc.word_ids(b)):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    out[b, word] = hidden[b, pos]
-        return out
+        b, t = len(batch.tokens), batch.words.shape[1]
+        enc = self.encode(batch.tokens)
+        hidden = self.hidden(enc, device)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        idx = {k: v.to(device) for k, v in self._alignment(enc, b, t).items()}
+
+        def pick(which: str) -> torch.Tensor:
+            out = flat.new_zeros(b * t, flat.shape[-1])
+            return out.index_copy(0, idx[f"{which}_dst"], flat.index_select(0, idx[f"{which}_src"]))
+
+        if self.subtoken_pooling == "mean":
+            total = flat.new_zeros(b * t, flat.shape[-1]).index_add(0, idx["dst"], flat.index_select(0, idx["src"]))
+            count = torch.bincount(idx["dst"], minlength=b * t).clamp(min=1).unsqueeze(1).to(total.dtype)
+            out = total / count
+        elif self.subtoken_pooling == "first_last":
+            out = torch.cat([pick("first"), pick("last")], dim=-1)
+        else:
+            out = pick(self.subtoken_pooling)
+        return out.reshape(b, t, -1)
+
+
+#: The name of the word-level transformer embedding before document embeddings existed.
+TransformerEmbedding = TransformerWordEmbedding
+
+
+class TransformerDocumentEmbedding(_TransformerBase):
+    """One vector per sentence (Flair's ``TransformerDocumentEmbeddings``): the first sub-token's
+    (``cls``: BERT's ``[CLS]``, RoBERTa's ``<s>``), or the ``mean`` or ``max`` over the sentence's
+    sub-tokens (special tokens and padding left out) - ``cls_pooling``. ``forward`` returns ``[B, dim]``;
+    the classifier puts a linear layer on it."""
+
+    def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
+                 cls_pooling: str = "cls", files: dict[str, str] | None = None):
+        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files)
+        self.cls_pooling = cls_pooling
+        self.embedding_length = self.width
+        if cls_pooling == "cls":
+            first = self.encode([["a"]])["input_ids"][0, 0].item()
+            if self.tokenizer.cls_token_id is None or first != self.tokenizer.cls_token_id:
+                raise ConfigError([Problem("hyperparameters.transformer_cls_pooling",
+                                           f"cls: the tokenizer of {source or 'the transformer'} does not start a "
+                                           "sentence with its classification token; use mean or max")])
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        enc = self.encode(batch.tokens)
+        hidden = self.hidden(enc, batch.words.device)
+        if self.cls_pooling == "cls":
+            return hidden[:, 0]
+        words = torch.tensor([[w is not None for w in enc.word_ids(b)] for b in range(hidden.shape[0])],
+                             dtype=torch.bool).to(hidden.device)
+        words = words | ~words.any(dim=1, keepdim=True)  # a sentence without words: all its sub-tokens
+        if self.cls_pooling == "max":
+            return hidden.masked_fill(~words.unsqueeze(2), float("-inf")).max(dim=1).values
+        m = words.unsqueeze(2).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 class StackedEmbeddings(nn.Module):
-    """Concatenation of several token embeddings, with an optional cache for cacheable ones."""
+    """Concatenation of several token embeddings, with an optional cache for cacheable ones. (A document
+    embedding, ``[B, dim]``, stands alone in its stack: the classifier's ``transformer`` encoder.)"""
 
     def __init__(self, embeddings: Iterable[tuple[str, TokenEmbedding]], storage_mode: str = "none"):
         super().__init__()
@@ -236,8 +422,11 @@ class StackedEmbeddings(nn.Module):
                 full = emb(batch)
             store_on = full.device if self.storage_mode == "gpu" else torch.device("cpu")
             for row, (i, n) in enumerate(zip(batch.indices, batch.lengths.tolist())):
-                self._cache[(name, key, i)] = full[row, :n].detach().to(store_on)
+                vectors = full[row] if full.dim() == 2 else full[row, :n]   # a document's vector, or its tokens'
+                self._cache[(name, key, i)] = vectors.detach().to(store_on)
         rows = [self._cache[(name, key, i)] for i in batch.indices]
+        if rows[0].dim() == 1:
+            return torch.stack(rows).to(batch.words.device, non_blocking=True)
         out = pad_sequence(rows, batch_first=True)
         if out.shape[1] < batch.words.shape[1]:
             out = nn.functional.pad(out, (0, 0, 0, batch.words.shape[1] - out.shape[1]))
@@ -271,22 +460,30 @@ def materialize_file(uri: str) -> tuple[Path, tempfile.TemporaryDirectory | None
     return local, tmp
 
 
+_MATERIALIZED: dict[str, str] = {}
+
+
 def materialize_directory(uri: str) -> str:
-    """A local directory for ``uri`` (a local directory, or a store prefix copied to a temp dir)."""
+    """A local directory for ``uri`` (a local directory, or a store prefix copied to a temp dir once per
+    process - every run and trial of a process reads the same copy - removed when the process exits)."""
     if "://" not in uri or uri.startswith("file://"):
         p = Path(uri.removeprefix("file://"))
         if not p.is_dir():
             raise DataError(f"{uri}: not a directory with transformer weights")
         return str(p)
+    if uri in _MATERIALIZED and Path(_MATERIALIZED[uri]).is_dir():
+        return _MATERIALIZED[uri]
     from kftune.io.store import open_store
 
     store = open_store(uri)
-    target = Path(tempfile.mkdtemp(prefix="kftune-transformer-"))
     keys = store.list("")
     if not keys:
         raise DataError(f"{uri}: no files under this prefix")
+    target = Path(tempfile.mkdtemp(prefix="kftune-transformer-"))
+    atexit.register(shutil.rmtree, target, True)
     for key in keys:
         store.get_file(key, target / key)
+    _MATERIALIZED[uri] = str(target)
     return str(target)
 
 

@@ -5,7 +5,10 @@ Contents (a dict of plain types and tensors, so it loads with ``weights_only=Tru
 ``task`` (type, label type, tag scheme), ``hyperparameters``, ``encoder`` (word/char/pretrained
 vocabularies, label dictionary, max length, and the tokenizer as :meth:`kftune.nlp.tokenizers.Tokenizer.to_dict`
 gives it: plain str/bool/int values, a SentencePiece model as base64 text; ``None`` in files from before
-tokenizers were saved, read as whitespace split), ``state_dict`` and ``metadata`` (dev score, epochs, ...).
+tokenizers were saved, read as whitespace split), ``state_dict`` and ``metadata`` (dev score, epochs, ...);
+for a model with a Hugging Face transformer also ``transformer``: its config and tokenizer files as
+``{name: base64 text}`` (the weights are in ``state_dict``), so the file loads where the weights it was
+trained from are not.
 
 :func:`load_model` refuses a file that is not a kftune model or has another format version, with a
 message that says what the file is and what to do (:class:`IncompatibleModelError`).
@@ -26,7 +29,7 @@ from kftune._version import __version__
 from kftune.core.errors import ArtifactNotFoundError, DataError
 from kftune.nlp.config import Hyperparameters
 from kftune.nlp.data import TaskInfo, TextEncoder
-from kftune.nlp.models import Model, build_model
+from kftune.nlp.models import Model, build_model, transformer_of
 
 FORMAT = "kftune-model"
 FORMAT_VERSION = 1
@@ -69,6 +72,8 @@ def model_payload(model: Model, encoder: TextEncoder, hp: Hyperparameters,
                   ) -> dict[str, Any]:
     """The dict that :func:`save_model` writes (``state_dict`` defaults to the model's, on the CPU)."""
     state = state_dict if state_dict is not None else model.state_dict()
+    transformer = transformer_of(model)
+    extra = {"transformer": transformer.saved_files()} if transformer is not None else {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -78,6 +83,7 @@ def model_payload(model: Model, encoder: TextEncoder, hp: Hyperparameters,
         "encoder": encoder.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "metadata": dict(metadata or {}),
+        **extra,
     }
 
 
@@ -163,7 +169,11 @@ def load_model(uri_or_path: str | Path, device: str | torch.device = "cpu") -> L
         if hp.pretrained_embeddings is not None:
             weights = state["embeddings.embeddings.pretrained.embedding.weight"]
             pretrained = torch.zeros_like(weights)
-        model = build_model(task.type, hp, encoder, pretrained_weights=pretrained)
+        files = payload.get("transformer")
+        if hp.transformer is not None and not isinstance(files, dict):
+            raise KeyError("transformer (the transformer's config and tokenizer files)")
+        model = build_model(task.type, hp, encoder, pretrained_weights=pretrained,
+                            transformer_files=files if hp.transformer is not None else None)
         model.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError) as exc:
         raise IncompatibleModelError(f"{uri_or_path}: damaged kftune model file ({type(exc).__name__}: {exc})") from None

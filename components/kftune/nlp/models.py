@@ -29,7 +29,8 @@ from kftune.nlp.embeddings import (
     PretrainedWordEmbedding,
     StackedEmbeddings,
     TokenEmbedding,
-    TransformerEmbedding,
+    TransformerDocumentEmbedding,
+    TransformerWordEmbedding,
     WordEmbedding,
 )
 
@@ -148,7 +149,9 @@ def _run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> tuple[t
 
 
 class TextClassifier(nn.Module):
-    """Embeddings -> document encoder (mean/max pooling, (Bi)LSTM/GRU, or a Kim-style CNN) -> linear.
+    """Embeddings -> document encoder (mean/max pooling, (Bi)LSTM/GRU, or a Kim-style CNN) -> linear;
+    or a transformer's document vector -> linear (``transformer``: Flair's ``TextClassifier`` over
+    ``TransformerDocumentEmbeddings``, whose stack then holds that one document embedding).
 
     Word dropout (to ``<unk>``) and locked dropout act on the embeddings, ``dropout`` on the document vector
     (as in Kim 2014, where dropout sits before the output layer)."""
@@ -160,6 +163,7 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.embeddings = embeddings
         self.encoder_type = hp.document_encoder
+        # the bag's rows: the encoder's (kept n-grams with ngram_min_count >= 2), else the hash buckets
         self.ngram_bag = (NgramBag(ngram_rows or hp.ngram_buckets, hp.ngram_dim, hp.ngram_dropout, hp.ngram_weighting)
                           if hp.uses_ngrams else None)
         self.word_dropout = WordDropout(hp.word_dropout)
@@ -168,6 +172,8 @@ class TextClassifier(nn.Module):
         dim = embeddings.embedding_length if embeddings is not None else 0
         if hp.document_encoder == "ngram":
             out_dim = 0
+        elif hp.document_encoder == "transformer":
+            out_dim = dim
         elif hp.document_encoder in ("lstm", "gru"):
             cls = nn.LSTM if hp.document_encoder == "lstm" else nn.GRU
             self.rnn = cls(dim, hp.hidden_size, num_layers=hp.rnn_layers, batch_first=True,
@@ -189,6 +195,11 @@ class TextClassifier(nn.Module):
         bag = self.ngram_bag(batch) if self.ngram_bag is not None else None
         if self.encoder_type == "ngram":
             return self.decoder(self.dropout(bag))
+        if self.encoder_type == "transformer":
+            doc = self.embeddings(batch)
+            if bag is not None:
+                doc = torch.cat([doc, bag.to(doc.dtype)], dim=1)
+            return self.decoder(self.dropout(doc))
         x = self.locked_dropout(self.embeddings(self.word_dropout(batch)))
         mask = batch.mask
         if self.encoder_type == "mean":
@@ -333,11 +344,20 @@ def fit_to_training_split(model: Model, train: EncodedDataset) -> None:
         bag.fit_weights(train)
 
 
+def transformer_of(model: Model) -> TransformerWordEmbedding | TransformerDocumentEmbedding | None:
+    """The model's transformer embedding, if it has one."""
+    stack = getattr(model, "embeddings", None)
+    found = stack.embeddings["transformer"] if stack is not None and "transformer" in stack.embeddings else None
+    return found if isinstance(found, (TransformerWordEmbedding, TransformerDocumentEmbedding)) else None
+
+
 def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_weights: torch.Tensor | None = None,
-                     storage_mode: str = "none") -> StackedEmbeddings:
+                     storage_mode: str = "none", transformer_files: dict[str, str] | None = None) -> StackedEmbeddings:
     """The embedding stack the hyperparameters ask for. ``pretrained_weights`` (rows aligned with
     ``encoder.pretrained``) is needed when ``pretrained_embeddings`` is set; a loaded model passes
-    zeros of the right shape and then loads its state dict."""
+    zeros of the right shape and then loads its state dict. ``transformer_files`` (a model file's
+    :meth:`~kftune.nlp.embeddings.TransformerWordEmbedding.saved_files`) rebuild the transformer without
+    reading ``hp.transformer``; its weights then come from the state dict."""
     parts: list[tuple[str, TokenEmbedding]] = []
     if hp.embedding_dim > 0:
         parts.append(("words", WordEmbedding(len(encoder.words), hp.embedding_dim)))
@@ -356,20 +376,34 @@ def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_we
     if hp.casing_embedding_dim > 0:
         parts.append(("casing", CasingEmbedding(hp.casing_embedding_dim)))
     if hp.transformer is not None:
-        parts.append(("transformer", TransformerEmbedding(hp.transformer, freeze=hp.freeze_pretrained)))
+        parts.append(("transformer", TransformerWordEmbedding(
+            hp.transformer, fine_tune=hp.transformer_fine_tune, layers=hp.transformer_layers,
+            layer_mean=hp.transformer_layer_mean, subtoken_pooling=hp.transformer_subtoken_pooling,
+            files=transformer_files)))
     return StackedEmbeddings(parts, storage_mode=storage_mode)
 
 
 def build_model(task_type: str, hp: Hyperparameters, encoder: TextEncoder, *,
-                pretrained_weights: torch.Tensor | None = None, storage_mode: str = "none") -> Model:
+                pretrained_weights: torch.Tensor | None = None, storage_mode: str = "none",
+                transformer_files: dict[str, str] | None = None) -> Model:
     """A fresh :class:`TextClassifier` or :class:`SequenceTagger` (initialised from torch's RNG:
-    seed it first for a reproducible model)."""
+    seed it first for a reproducible model; a transformer starts from its pretrained weights).
+    ``transformer_files``: see :func:`build_embeddings`."""
     if task_type == "text_classification" and not hp.uses_token_embeddings:
         if encoder.ngrams is None:
             raise ConfigError([Problem("hyperparameters.document_encoder",
                                        "ngram needs an encoder built with n-gram features (encode_corpus does this)")])
         return TextClassifier(None, len(encoder.labels), hp, ngram_rows=encoder.ngram_rows)
-    embeddings = build_embeddings(hp, encoder, pretrained_weights=pretrained_weights, storage_mode=storage_mode)
+    if task_type == "text_classification" and hp.document_encoder == "transformer":
+        if hp.transformer is None:
+            raise ConfigError([Problem("hyperparameters.document_encoder", "transformer needs a transformer")])
+        document = TransformerDocumentEmbedding(
+            hp.transformer, fine_tune=hp.transformer_fine_tune, layers=hp.transformer_layers,
+            layer_mean=hp.transformer_layer_mean, cls_pooling=hp.transformer_cls_pooling, files=transformer_files)
+        return TextClassifier(StackedEmbeddings([("transformer", document)], storage_mode=storage_mode),
+                              len(encoder.labels), hp)
+    embeddings = build_embeddings(hp, encoder, pretrained_weights=pretrained_weights, storage_mode=storage_mode,
+                                  transformer_files=transformer_files)
     if task_type == "text_classification":
         return TextClassifier(embeddings, len(encoder.labels), hp, ngram_rows=encoder.ngram_rows or None)
     if task_type == "sequence_labeling":
