@@ -673,3 +673,92 @@ def test_the_evaluation_block_turns_the_baseline_on_and_off():
     assert off.spec.evaluation.baseline is False and parse_spec(job_to_dict(off)) == off
     found = problems_of(mutate(_set("spec.evaluation", {"baseline": "no", "baselines": True})))
     assert sorted(p.path for p in found) == ["spec.evaluation.baseline", "spec.evaluation.baselines"]
+
+
+# ----------------------------------------------------------------------------- several corpora, optimizers
+
+QUESTIONS = {"uri": "data/questions.csv", "format": "csv", "textColumn": "text", "labelColumn": "label"}
+
+
+def _with_corpus(corpus: dict[str, Any], task: str = "text_classification") -> dict[str, Any]:
+    data = base()
+    data["spec"]["corpus"] = corpus
+    data["spec"]["task"] = {"type": task}
+    return data
+
+
+def test_several_corpora_parse_with_shared_fields_and_ids_and_round_trip():
+    data = _with_corpus({"downsample": 0.1, "seed": 7, "tokenizer": "regex",
+                         "corpora": [{"name": "trec-6"}, QUESTIONS]})
+    job = parse_spec(data, model_validator=validate_model_block, hyperparameter_names=HYPERPARAMETER_NAMES)
+    corpus = job.spec.corpus
+    assert corpus.name is None and corpus.uri is None and corpus.downsample == 0.1 and corpus.seed == 7
+    assert [c.id for c in corpus.corpora] == ["TREC_6", "questions"]  # registry spelling; the uri's stem
+    assert [c.name or c.uri for c in corpus.sources] == ["TREC_6", "data/questions.csv"]
+    assert corpus.corpora[1].reader_options()["text_columns"] == ("text",)
+    assert corpus.describe() == "TREC_6 + questions"
+    assert job.spec.task.label_type == "class"  # the corpora name their labels differently
+    dumped = job_to_dict(job)["spec"]["corpus"]
+    assert dumped["corpora"][1] == {"id": "questions", **QUESTIONS} and "name" not in dumped
+    assert parse_spec(job_to_dict(job)) == job
+    single = parse_spec(base()).spec.corpus
+    assert single.corpora == () and single.sources == (single,) and single.describe() == "TREC_6"
+
+
+def test_two_registered_corpora_of_one_label_type_keep_it():
+    job = parse_spec(_with_corpus({"corpora": [{"name": "UD_ENGLISH"}, {"name": "UD_ENGLISH", "id": "ud-xpos",
+                                                                        "labelColumn": "xpos"}]},
+                                  "sequence_labeling"))
+    assert job.spec.task.label_type == "upos" and [c.id for c in job.spec.corpus.corpora] == ["UD_ENGLISH", "ud-xpos"]
+
+
+@pytest.mark.parametrize("corpus, task, path, fragments", [
+    ({"corpora": [{"name": "TREC_6"}, {"name": "WNUT_17"}]}, "text_classification", "spec.corpus.corpora[1]",
+     ["WNUT_17 holds sequence_labeling data", "TREC_6 (spec.corpus.corpora[0]) holds text_classification"]),
+    ({"corpora": [{"name": "WNUT_17"}, {"name": "UD_ENGLISH"}]}, "sequence_labeling", "spec.corpus.corpora[1]",
+     ["UD_ENGLISH has plain tags", "WNUT_17 (spec.corpus.corpora[0]) has BIO tags (entity spans)"]),
+    ({"corpora": [{"name": "WNUT_17"}, {"uri": "ner.conll", "format": "conll", "tagScheme": "BIOES"}]},
+     "sequence_labeling", "spec.corpus.corpora[1].tagScheme",
+     ["ner has BIOES tags", "WNUT_17 (spec.corpus.corpora[0]) has BIO tags", "convert one corpus"]),
+    ({"corpora": [{"name": "TREC_6"}, QUESTIONS]}, "text_classification", "spec.corpus.tokenizer",
+     ["tokenize differently by default (TREC_6: whitespace, questions: regex)", "set spec.corpus.tokenizer"]),
+    ({"corpora": [{"name": "WNUT_17"}, {"uri": "x.conll", "format": "conll"}], "tokenizer": "regex"},
+     "sequence_labeling", "spec.corpus.tokenizer", ["must be whitespace"]),
+    ({"corpora": [{"name": "TREC_6"}, {"name": "TREC_6"}]}, "text_classification", "spec.corpus.corpora[1].id",
+     ["'TREC_6' is also the id of spec.corpus.corpora[0]"]),
+    ({"corpora": [{"name": "TREC_6"}, {"name": "TREC_50", "seed": 2}]}, "text_classification",
+     "spec.corpus.corpora[1].seed", ["set once in spec.corpus"]),
+    ({"name": "TREC_6", "corpora": [{"name": "TREC_6"}, {"name": "TREC_50"}]}, "text_classification",
+     "spec.corpus.name", ["with corpora, each corpus' fields go into its entry"]),
+    ({"corpora": [{"name": "TREC_6"}]}, "text_classification", "spec.corpus.corpora", ["list two or more"]),
+    ({"corpora": [{"name": "TREC_6"}, {"name": "TREC_50", "id": "bad id"}]}, "text_classification",
+     "spec.corpus.corpora[1].id", ["an id of letters"]),
+    ({"corpora": [{"name": "TREC_6"}, {"name": "TREC_5O"}]}, "text_classification",
+     "spec.corpus.corpora[1].name", ["not a registered corpus"]),
+    ({"corpora": [{"name": "TREC_6"}, {"name": "TREC_50"}]}, "sequence_labeling", "spec.task.type",
+     ["does not fit corpus TREC_6 (spec.corpus.corpora[0])"]),
+])
+def test_several_corpora_problems_name_the_field_and_both_corpora(corpus, task, path, fragments):
+    found = {p.path: p.message for p in problems_of(_with_corpus(corpus, task))}
+    assert path in found, found
+    assert all(f in found[path] for f in fragments), found[path]
+
+
+def test_too_many_corpora():
+    corpora = [{"name": "TREC_6", "id": f"t{i}"} for i in range(17)]
+    assert "at most 16" in problems_of(_with_corpus({"corpora": corpora}))[0].message
+
+
+def test_write_weights_and_plain_adam_parse():
+    data = base()
+    data["spec"]["train"]["writeWeights"] = True
+    data["spec"]["model"]["optimizer"] = "adam"
+    search(data)["parameters"].append({"name": "optimizer", "parameterType": "categorical",
+                                       "feasibleSpace": {"list": ["sgd", "adam", "adamw"]}})
+    job = parse_spec(data, model_validator=validate_model_block, hyperparameter_names=HYPERPARAMETER_NAMES)
+    assert job.spec.train.write_weights is True and TrainerConfig(**dataclasses.asdict(job.spec.train)).write_weights
+    assert job.spec.model["optimizer"] == "adam"
+    assert parse_spec(BASE).spec.train.write_weights is False
+    data["spec"]["model"]["optimizer"] = "adamax"
+    found = {p.path: p.message for p in problems_of(data, model_validator=validate_model_block)}
+    assert "sgd, adam, adamw" in found["spec.model.optimizer"]

@@ -16,7 +16,7 @@ from kftune.nlp.model_io import load_model, save_model
 from kftune.nlp.models import NgramBag, build_model
 from kftune.nlp.ngrams import NgramSpec
 from kftune.nlp.predict import predict
-from kftune.nlp.schedulers import LazyAdamW, build_optimizer, clip_gradients, sparse_parameters
+from kftune.nlp.schedulers import LazyAdam, LazyAdamW, build_optimizer, clip_gradients, sparse_parameters
 from tests.nlp.synthetic import one_torch_thread
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -157,13 +157,15 @@ def test_model_file_keeps_the_ngram_spec_and_predicts_the_same(tmp_path) -> None
 # ---------------------------------------------------------------------------------------------- optimiser
 
 
-def test_lazy_adamw_matches_adamw_on_dense_parameters() -> None:
+@pytest.mark.parametrize("dense_cls, lazy_cls", [(torch.optim.AdamW, LazyAdamW), (torch.optim.Adam, LazyAdam)])
+def test_lazy_adams_match_torchs_on_dense_parameters(dense_cls: type, lazy_cls: type) -> None:
+    """Dense parameters: LazyAdamW is AdamW (decoupled decay), LazyAdam is Adam (L2 decay in the gradient)."""
     torch.manual_seed(0)
     a = torch.nn.Linear(5, 3)
     b = torch.nn.Linear(5, 3)
     b.load_state_dict(a.state_dict())
-    opt_a = torch.optim.AdamW(a.parameters(), lr=0.01, weight_decay=0.1)
-    opt_b = LazyAdamW(b.parameters(), lr=0.01, weight_decay=0.1)
+    opt_a = dense_cls(a.parameters(), lr=0.01, weight_decay=0.1)
+    opt_b = lazy_cls(b.parameters(), lr=0.01, weight_decay=0.1)
     for _ in range(5):
         x = torch.randn(4, 5)
         for model, opt in ((a, opt_a), (b, opt_b)):
@@ -200,6 +202,46 @@ def test_sgd_leaves_sparse_rows_out_of_weight_decay() -> None:
     loss.backward()
     opt.step()   # torch's SGD raises on a decayed sparse gradient
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+
+
+def test_lazy_adam_decays_only_touched_rows_as_adam_would() -> None:
+    """Adam's L2 decay on sparse rows: a touched row moves as under torch's Adam (penalty in the gradient);
+    an untouched row is neither moved nor decayed (SparseAdam's laziness)."""
+    torch.manual_seed(0)
+    sparse = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=True)
+    dense = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=False)
+    dense.load_state_dict(sparse.state_dict())
+    before = sparse.weight.detach().clone()
+    ids, offsets = torch.tensor([1, 2, 2, 7]), torch.tensor([0, 2])
+    touched = [1, 2, 7]
+    opt_sparse = LazyAdam(sparse.parameters(), lr=0.1, weight_decay=0.5)
+    opt_dense = torch.optim.Adam(dense.parameters(), lr=0.1, weight_decay=0.5)
+    for model, opt in ((sparse, opt_sparse), (dense, opt_dense)):
+        model(ids, offsets).sum().backward()
+        opt.step()
+    assert torch.allclose(sparse.weight[touched], dense.weight[touched], atol=1e-6)
+    untouched = [i for i in range(10) if i not in touched]
+    assert torch.equal(sparse.weight[untouched], before[untouched])
+    assert not torch.equal(dense.weight[untouched], before[untouched])  # dense Adam decays every row
+    # decoupled (AdamW) and L2 (Adam) decay differ on the same rows
+    adamw = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=True)
+    adamw.load_state_dict({"weight": before.clone()})
+    adamw(ids, offsets).sum().backward()
+    LazyAdamW(adamw.parameters(), lr=0.1, weight_decay=0.5).step()
+    assert not torch.allclose(adamw.weight[touched], sparse.weight[touched], atol=1e-4)
+
+
+@pytest.mark.parametrize("name, dense_cls, lazy_cls", [("adam", torch.optim.Adam, LazyAdam),
+                                                         ("adamw", torch.optim.AdamW, LazyAdamW),
+                                                         ("sgd", torch.optim.SGD, torch.optim.SGD)])
+def test_build_optimizer_picks_the_named_optimizer(name: str, dense_cls: type, lazy_cls: type) -> None:
+    dense_hp = Hyperparameters.from_mapping({"optimizer": name, "weight_decay": 0.01}, "text_classification")
+    opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), dense_hp)
+    assert type(opt) is dense_cls and opt.param_groups[0]["weight_decay"] == 0.01
+    hp = Hyperparameters.from_mapping({**BAG, "optimizer": name}, "text_classification")
+    encoder, _, _, _ = encode_corpus(CLS, _reviews(), None, hp)
+    model = build_model("text_classification", hp, encoder)
+    assert type(build_optimizer(model.parameters(), hp, sparse=sparse_parameters(model))) is lazy_cls
 
 
 def test_clip_gradients_takes_sparse_gradients_like_dense_ones() -> None:
@@ -267,3 +309,61 @@ def test_nb_idf_weights_are_fitted_from_train_and_saved(tmp_path) -> None:
     assert not torch.equal(weights, torch.ones(hp.ngram_buckets))
     save_model(model, encoder, hp, tmp_path / "model.pt")
     assert torch.equal(load_model(tmp_path / "model.pt").model.ngram_bag.feature_weights, weights)
+
+
+# ---------------------------------------------------------------------------------------------- min count
+
+
+def test_ngram_vocabulary_keeps_features_of_enough_documents() -> None:
+    from kftune.nlp.ngrams import NgramVocabulary
+
+    # 7 twice in one document counts once; 5 is in two documents, 9 in one
+    vocab = NgramVocabulary.build([[7, 7, 5], [5, 9], []], min_count=2)
+    assert len(vocab) == 1 and vocab.rows([9, 5, 7, 5]).tolist() == [0, 0]
+    vocab = NgramVocabulary.build([[7, 7, 5], [5, 9]], min_count=1)
+    assert vocab.kept.tolist() == [5, 7, 9]
+    assert vocab.rows([9, 1, 5, 2**32 - 1, 7]).tolist() == [2, 0, 1]   # unknown hashes are dropped
+    assert len(NgramVocabulary.build([], 2)) == 0 and NgramVocabulary.build([], 2).rows([3]).tolist() == []
+    with pytest.raises(ValueError):
+        NgramVocabulary([3, 1])
+
+
+def test_hashes_are_the_ids_before_the_modulo() -> None:
+    spec = NgramSpec(word_ngrams=2, char_min=1, char_max=3, buckets=997)
+    assert [h % 997 for h in spec.hashes(("영화/NNG", "좋/VA"), "영화 좋다")] == spec.ids(("영화/NNG", "좋/VA"), "영화 좋다")
+
+
+def test_min_count_gives_the_bag_one_row_per_kept_ngram(tmp_path) -> None:
+    torch.manual_seed(0)
+    hp = Hyperparameters.from_mapping({**BAG, "ngram_min_count": 2, "learning_rate": 0.05}, "text_classification")
+    encoder, train, _, _ = encode_corpus(CLS, _reviews(), None, hp)
+    vocab = encoder.ngram_vocab
+    assert vocab is not None and 0 < len(vocab) < 100
+    # the kept features are exactly those of two or more reviews
+    per_doc = [set(encoder.ngrams.hashes(e.tokens, e.text)) for e in _reviews()]
+    assert set(vocab.kept.tolist()) == {h for d in per_doc for h in d if sum(h in o for o in per_doc) >= 2}
+    assert all(int(t.max()) < len(vocab) for t in train.ngrams if t.numel())
+    model = build_model("text_classification", hp, encoder)
+    assert model.ngram_bag.bag.num_embeddings == len(vocab) == encoder.ngram_rows
+    opt = build_optimizer(model.parameters(), hp, sparse=sparse_parameters(model))
+    batch = collate(train, list(range(len(train.examples))))
+    for _ in range(40):
+        loss, n = model.loss(batch)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    model.eval()
+    save_model(model, encoder, hp, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.encoder.ngram_vocab is not None
+    assert loaded.encoder.ngram_vocab.kept.tolist() == vocab.kept.tolist()
+    direct = model.predict(collate(train, [0, 5]))
+    via_file = predict(loaded, ["정말 재밌다", "정말 지루하다"])
+    assert [p.score for p in via_file] == pytest.approx(direct.scores, abs=1e-6)
+    # a review with no kept n-gram gets the zero bag (the decoder's bias) instead of an error
+    assert len(predict(loaded, ["뷁"])) == 1
+
+
+def test_min_count_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="ngram_min_count"):
+        Hyperparameters.from_mapping({**BAG, "ngram_min_count": 0}, "text_classification")

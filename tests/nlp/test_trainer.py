@@ -137,6 +137,23 @@ def test_resume_refuses_other_hyperparameters(tmp_path: Path) -> None:
         _fit(other, checkpoints=ckpt)
 
 
+def test_resume_takes_a_checkpoint_older_than_a_new_field_left_at_its_default(tmp_path: Path, monkeypatch) -> None:
+    from kftune.nlp.config import Hyperparameters
+
+    ckpt = _local_ckpt(tmp_path / "ckpt")
+    real = Hyperparameters.to_dict
+    # a checkpoint from a kftune without ngram_min_count
+    monkeypatch.setattr(Hyperparameters, "to_dict",
+                        lambda self: {k: v for k, v in real(self).items() if k != "ngram_min_count"})
+    _fit(_setup(tmp_path, "text_classification"), checkpoints=ckpt, until=1)
+    monkeypatch.setattr(Hyperparameters, "to_dict", real)
+    other = _setup(tmp_path, "text_classification", ngram_min_count=3)
+    with pytest.raises(ConfigError, match="other hyperparameters \\(ngram_min_count\\)"):
+        _fit(other, checkpoints=ckpt)
+    resumed, _ = _fit(_setup(tmp_path, "text_classification"), checkpoints=ckpt)
+    assert resumed.epochs >= 2
+
+
 def test_accumulation_matches_full_batches_without_dropout(tmp_path: Path) -> None:
     base = dict(dropout=0.0, word_dropout=0.0, locked_dropout=0.0, document_encoder="mean", mini_batch_size=16)
     full, _ = _fit(_setup(tmp_path, "text_classification", **base))
@@ -216,3 +233,102 @@ def test_stop_request_mid_epoch_checkpoints_and_resumes_exactly(tmp_path: Path) 
     resumed, _ = _fit(setup, config=config, checkpoints=ckpt)
     assert [(h.train_loss, h.dev_score) for h in resumed.history] == \
         [(h.train_loss, h.dev_score) for h in straight.history]
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain Adam, write_weights, several corpora
+
+
+@pytest.mark.parametrize("encoder", ["cnn", "ngram"])
+def test_adam_trains_and_resumes_exactly_from_checkpoints(tmp_path: Path, encoder: str) -> None:
+    """optimizer: adam (L2 weight decay; LazyAdam for the n-gram bag's sparse rows) learns, and a run paused
+    at an epoch boundary or interrupted mid-epoch, then resumed from its checkpoint, equals a straight run."""
+    from kftune.core.errors import TrainingInterrupted
+
+    from kftune.nlp.embeddings import encode_corpus
+
+    extra = {"document_encoder": "ngram", "ngram_buckets": 4096, "ngram_dim": 16} if encoder == "ngram" else {}
+    directory = write_corpus(tmp_path / "corpus", "text_classification", sizes=(200, 50, 10))
+    splits = {s: read_split(directory / f"{s}.jsonl", "text_classification") for s in SPLITS}
+    hp = Hyperparameters.from_mapping({**SMALL, "optimizer": "adam", "learning_rate": 0.02, "weight_decay": 1e-3,
+                                       "scheduler": "none", **extra}, "text_classification")
+    enc, train_data, dev_data, _ = encode_corpus(task_from_corpus_info(read_corpus_info(directory)), splits["train"],
+                                                 splits["dev"], hp)
+    setup = (hp, enc, train_data, dev_data)
+    config = TrainerConfig(max_epochs=3, patience=5)
+    straight, trainer = _fit(setup, config=config)
+    expected = torch.optim.Adam if encoder == "cnn" else __import__("kftune.nlp.schedulers").nlp.schedulers.LazyAdam
+    assert type(trainer.optimizer) is expected
+    assert straight.history[-1].train_loss < straight.history[0].train_loss and straight.best_score > 0.6
+
+    def same(result) -> None:
+        assert [(h.train_loss, h.dev_loss, h.dev_score) for h in result.history] == \
+               [(h.train_loss, h.dev_loss, h.dev_score) for h in straight.history]
+        assert all(torch.equal(result.final_state[k], straight.final_state[k]) for k in straight.final_state)
+
+    ckpt = _local_ckpt(tmp_path / "ckpt-epoch")
+    paused, _ = _fit(setup, config=config, checkpoints=ckpt, until=1)
+    assert paused.status == "paused" and ckpt.load()["optimizer"]["state"]  # Adam's moments are checkpointed
+    resumed, _ = _fit(setup, config=config, checkpoints=ckpt)
+    same(resumed)
+
+    hp, enc, train, dev = setup
+    ckpt = _local_ckpt(tmp_path / "ckpt-batch")
+    calls = []
+    seed_everything(1)
+    interrupted = Trainer(build_model(enc.task.type, hp, enc), enc, train, dev, hp, config, seed=1,
+                          checkpoints=ckpt, show_progress=False, stop_requested=lambda: calls.append(1) or len(calls) == 9)
+    with pytest.raises(TrainingInterrupted):
+        interrupted.fit()
+    assert ckpt.load()["position"] is not None  # stopped mid-epoch
+    resumed, _ = _fit(setup, config=config, checkpoints=ckpt)
+    same(resumed)
+
+
+def test_weight_tracker_records_every_tenth_of_an_epoch_and_resumes(tmp_path: Path) -> None:
+    from kftune.nlp.weights import WeightTracker, read_weights_tsv, weights_tsv
+
+    setup = _setup(tmp_path, "text_classification", mini_batch_size=8)  # 200 examples: 25 steps per epoch
+    hp, enc, train, dev = setup
+    config = TrainerConfig(max_epochs=2, patience=5)
+
+    def fit(checkpoints=None, until=None):
+        seed_everything(1)
+        model = build_model(enc.task.type, hp, enc)
+        tracker = WeightTracker(model, samples=4, max_tensors=3)
+        trainer = Trainer(model, enc, train, dev, hp, config, seed=1, checkpoints=checkpoints, show_progress=False,
+                          weights=tracker)
+        return trainer.fit(until_epoch=until), tracker
+
+    _, tracker = fit()
+    names = [n for n, _ in tracker.tensors]
+    assert len(names) == 3 and tracker.skipped > 0
+    steps = sorted({r[1] for r in tracker.rows})
+    # every 25 // 10 = 2 steps and at each epoch's end
+    assert steps == [0, *range(2, 25, 2), 25, *range(27, 50, 2), 50]
+    assert {r[2] for r in tracker.rows} == {0, 1, 2}
+    first = [r for r in tracker.rows if r[3] == names[0]]
+    assert all(len(r[8]) == 4 for r in first) and first[0][8] != first[-1][8]  # the sampled weights moved
+    assert all(r[6] >= 0 and r[7] >= 0 for r in tracker.rows)
+    text = weights_tsv(tracker.rows, samples=4)
+    assert text.splitlines()[0].split("\t")[-1] == "sample_3"
+    assert read_weights_tsv(text)[5][:5] == tracker.rows[5][:5]
+
+    ckpt = _local_ckpt(tmp_path / "ckpt")
+    fit(ckpt, until=1)
+    _, resumed = fit(ckpt)
+    assert [r[:5] for r in resumed.rows] == [r[:5] for r in tracker.rows]
+    assert weights_tsv(resumed.rows, samples=4) == text
+
+
+def test_dev_scores_per_corpus(tmp_path: Path) -> None:
+    """A dev split whose examples name their corpora gets each corpus' dev score beside the joint one."""
+    from kftune.nlp.data import Example
+    from kftune.nlp.trainer import scores_by_corpus
+
+    task = TaskInfo(type="text_classification")
+    examples = [Example(("a",), label="A", corpus="one"), Example(("b",), label="B", corpus="two"),
+                Example(("c",), label="A", corpus="one"), Example(("d",), label="B", corpus="two")]
+    gold = [e.label for e in examples]
+    assert scores_by_corpus(task, examples, gold, ["A", "A", "A", "B"]) == {"one": 1.0, "two": 0.5}
+    assert scores_by_corpus(task, [Example(("a",), label="A")], ["A"], ["A"]) is None

@@ -176,3 +176,38 @@ def test_real_trec6_through_the_corpus_step(corpus_mirror: Path, tmp_path: Path)
     loaded = load_model(out / "model.pt")
     assert set(loaded.labels) == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
     assert predict(loaded, ["Who wrote Hamlet ?"])[0].label == "HUM"
+
+
+def test_write_weights_writes_the_table_and_the_plot(corpus: Path, tmp_path: Path) -> None:
+    """train.writeWeights (here from the spec; --write-weights on the command line) writes weights.tsv (per
+    record and tensor: mean, std, norm, 10 sampled values) and weights.png, which the report shows."""
+    from kftune.nlp.weights import read_weights_tsv
+    from kftune.steps import report
+
+    spec = _spec(tmp_path / "spec.yaml", train={"writeWeights": True})
+    out = tmp_path / "out"
+    assert main(["--corpus", str(corpus), "--out", str(out), "--spec", str(spec), "--max-epochs", "2",
+                 "--training-runs", "2", *FAST]) == 0
+    text = (out / "weights.tsv").read_text()
+    header = text.splitlines()[0].split("\t")
+    assert header[:8] == ["run", "iteration", "epoch", "parameter", "numel", "mean", "std", "norm"]
+    assert header[8:] == [f"sample_{i}" for i in range(10)]
+    rows = read_weights_tsv(text)
+    assert {r[0] for r in rows} == {1, 2}  # both training runs
+    params = {r[3] for r in rows}
+    assert "decoder.weight" in params
+    decoder = [r for r in rows if r[0] == 1 and r[3] == "decoder.weight"]
+    steps_per_epoch = -(-200 // 32)
+    assert [r[1] for r in decoder][0] == 0 and decoder[-1][1] == 2 * steps_per_epoch and decoder[-1][2] == 2
+    assert all(len(r[8]) == 10 for r in decoder) and decoder[0][8] != decoder[-1][8]
+    png = (out / "weights.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert json.loads((out / "result.json").read_text())["trainer"]["write_weights"] is True
+
+    rep = report.run(report.ReportConfig(out=str(tmp_path / "report"), train=str(out)))
+    assert "![weights](weights.png)" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "weights.png").read_bytes() == png and rep.out
+
+    plain = tmp_path / "plain"
+    assert main(["--corpus", str(corpus), "--out", str(plain), "--max-epochs", "1", *FAST]) == 0
+    assert not (plain / "weights.tsv").exists() and not (plain / "weights.png").exists()  # off by default

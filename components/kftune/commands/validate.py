@@ -21,7 +21,7 @@ def summary(job: TuningJob) -> str:
     """One line about what a valid job will do."""
     spec = job.spec
     search = spec.search
-    corpus = spec.corpus.name or spec.corpus.uri
+    corpus = spec.corpus.describe()
     parts = [
         f"TuningJob {job.name}: {spec.task.type} on {corpus}",
         f"{len(search.parameters)} parameter{'s' if len(search.parameters) != 1 else ''}",

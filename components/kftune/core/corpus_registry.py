@@ -91,6 +91,9 @@ class CorpusEntry:
     # The tokenizer (a name from ``kftune.core.tokenization.TOKENIZERS``) the corpus gets when the spec names
     # none; ``None``: the format's default (regex for raw text, whitespace for pre-tokenized formats).
     tokenizer: str | None = None
+    # Sequence labelling: the tags' scheme, ``BIO``/``BIOES`` (entity spans) or ``none`` (plain tags such as
+    # POS), so that corpora trained together (``spec.corpus.corpora``) are checked before any download.
+    tag_scheme: str | None = None
 
     @property
     def raw_labels(self) -> tuple[str, ...]:
@@ -214,6 +217,7 @@ _ENTRIES: tuple[CorpusEntry, ...] = (
         citation=("Leon Derczynski, Eric Nichols, Marieke van Erp, Nut Limsopatham. 2017. Results of the "
                   "WNUT2017 Shared Task on Novel and Emerging Entity Recognition. W-NUT at EMNLP."),
         description="WNUT-17 emerging and rare entities: NER on noisy user-generated text, 6 types, BIO.",
+        tag_scheme="BIO",
     ),
     CorpusEntry(
         name="UD_ENGLISH",
@@ -244,6 +248,7 @@ _ENTRIES: tuple[CorpusEntry, ...] = (
         citation=("Natalia Silveira et al. 2014. A Gold Standard Dependency Corpus for English. LREC. "
                   "Universal Dependencies v2.16."),
         description="Universal Dependencies English Web Treebank v2.16 (CoNLL-U); the tag column is selectable.",
+        tag_scheme="none",
     ),
     CorpusEntry(
         name="AG_NEWS",

@@ -43,6 +43,8 @@ MAX_LIST_VALUES = 1_000
 MAX_GRID_STEPS = 100_000_000
 #: Entries of one ``algorithmSettings`` list (an algorithm takes at most a handful).
 MAX_SETTINGS = 100
+#: Corpora trained together (``spec.corpus.corpora``, Flair's MultiCorpus).
+MAX_CORPORA = 16
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ from kftune.core.corpus_registry import (
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.limits import Bound
 from kftune.core.lr_range import RangeTestConfig
-from kftune.core.tokenization import TokenizerChoice, check_tokenizer, parse_tokenizer
+from kftune.core.multicorpus import ID_PATTERN, Source, default_id, joint_problems
+from kftune.core.tokenization import TokenizerChoice, check_tokenizer, default_tokenizer, parse_tokenizer
 
 ParameterType = Literal["double", "int", "discrete", "categorical"]
 Distribution = Literal["uniform", "logUniform", "normal", "logNormal"]
@@ -223,6 +224,11 @@ class CorpusSpec:
     ``tokenizer``: how text becomes tokens (:mod:`kftune.core.tokenization`); ``None`` takes the registered
     corpus' default, else the format's (regex for raw text, whitespace for pre-tokenized formats).
     :meth:`reader_options` gives the keyword arguments of the format's reader in :mod:`kftune.nlp.corpora`.
+
+    Several corpora trained as one (Flair's MultiCorpus, :mod:`kftune.core.multicorpus`): ``corpora`` holds
+    one :class:`CorpusSpec` per corpus (its source fields and its ``id``; never set when ``corpora`` is
+    empty), and this object only the shared ``tokenizer``, ``downsample``, ``dev_fraction`` and ``seed``.
+    :attr:`sources` gives the corpora either way.
     """
 
     name: str | None = None
@@ -246,6 +252,19 @@ class CorpusSpec:
     downsample: float = 1.0
     dev_fraction: float = 0.1
     seed: int = 1
+    id: str | None = None
+    corpora: tuple["CorpusSpec", ...] = ()
+
+    @property
+    def sources(self) -> tuple["CorpusSpec", ...]:
+        """The corpora this spec trains on: the ``corpora`` entries, or this corpus alone."""
+        return self.corpora or (self,)
+
+    def describe(self) -> str:
+        """How messages name the corpus: its name or uri; several corpora joined with `` + ``."""
+        if self.corpora:
+            return " + ".join(c.id or c.name or c.uri or "?" for c in self.corpora)
+        return self.name or self.uri or "?"
 
     def reader_options(self) -> dict[str, Any]:
         """Keyword arguments for the reader of ``format`` (``read_delimited``, ``read_conll``, ...): only
@@ -347,6 +366,7 @@ class TrainSpec:
     eval_batch_size: int | None = None
     num_threads: int | None = None
     keep_best: bool = True
+    write_weights: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1159,7 +1179,16 @@ _CORPUS_FIELDS = (
     _F("downsample", "downsample", _float(0, 1, lo_open=True, unit="fraction of the training examples")),
     _F("devFraction", "dev_fraction", _float(0, 1, lo_open=True, hi_open=True, unit="fraction of train")),
     _F("seed", "seed", _int(0, limits.MAX_SEED, "seed (32-bit)")),
+    _F("corpora", "corpora", lambda v, p, c: _corpora(v, p, c),
+       dump=lambda entries: [_dump_section(e, _ENTRY_FIELDS) for e in entries]),
 )
+#: Fields of spec.corpus that several corpora share (the rest belong to each entry of corpora).
+_SHARED_CORPUS_KEYS = ("tokenizer", "downsample", "devFraction", "seed")
+#: spec.corpus with corpora: the shared fields and the list.
+_MULTI_CORPUS_FIELDS = tuple(f for f in _CORPUS_FIELDS if f.key in _SHARED_CORPUS_KEYS + ("corpora",))
+#: One entry of spec.corpus.corpora: an id and the source fields of one corpus.
+_ENTRY_FIELDS = (_F("id", "id", _str(ID_PATTERN, "an id of letters, digits, _, . and - (at most 64)")),
+                 *(f for f in _CORPUS_FIELDS if f.key not in _SHARED_CORPUS_KEYS + ("corpora",)))
 #: Format options and the formats that take them.
 FORMAT_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "textColumn": ("csv", "tsv"), "delimiter": ("csv", "tsv"), "header": ("csv", "tsv"),
@@ -1187,8 +1216,16 @@ def _registered(name: str) -> CorpusEntry | None:
         return None
 
 
-def _corpus(value: Any, path: str, ctx: _Ctx) -> Any:
-    values = _section(value, path, _CORPUS_FIELDS, ctx)
+def _corpus(value: Any, path: str, ctx: _Ctx, *, as_entry: bool = False) -> Any:
+    """``spec.corpus`` (one corpus, or ``corpora``), or with ``as_entry`` one entry of ``spec.corpus.corpora``."""
+    if not as_entry and isinstance(value, Mapping) and value.get("corpora") is not None:
+        return _multi_corpus(value, path, ctx)
+    if as_entry:
+        shared = {k: f"set once in {path.rpartition('.corpora[')[0]}, not per corpus: it applies to every corpus"
+                  for k in _SHARED_CORPUS_KEYS}
+        values = _section(value, path, _ENTRY_FIELDS, ctx, extra=shared)
+    else:
+        values = _section(value, path, _CORPUS_FIELDS, ctx)
     if values is None:
         return _INVALID
     raw = value
@@ -1256,7 +1293,7 @@ def _corpus(value: Any, path: str, ctx: _Ctx) -> Any:
         elif fmt == "trec":
             if label is not None and label not in TREC_LABELS:
                 ctx.add(lpath, f"{_show(label)} is not one of: coarse (6 classes), fine (50 classes)")
-    if raw.get("tokenizer") is None or "tokenizer" in values:
+    if not as_entry and (raw.get("tokenizer") is None or "tokenizer" in values):
         # the tokenizer against the format (conll/conllu: whitespace only) and the installed packages; with
         # none written, the registered corpus' default (NSMC: morpheme) must be usable too
         entry = _registered(values["name"]) if has_name and "name" in values else None
@@ -1266,6 +1303,83 @@ def _corpus(value: Any, path: str, ctx: _Ctx) -> Any:
                                       corpus=entry.name if entry is not None else None)
         ctx.problems.extend(problems)
     return _build(CorpusSpec, values, ())
+
+
+def _corpora(value: Any, path: str, ctx: _Ctx) -> Any:
+    """The entries of ``spec.corpus.corpora``, each with its id (the default one written in)."""
+    if not isinstance(value, (list, tuple)):
+        return ctx.add(path, f"{_show(value)} is {_type_name(value)}, not a list of corpora "
+                             "(e.g. [{name: TREC_6}, {uri: ..., format: csv, ...}])")
+    if len(value) < 2:
+        return ctx.add(path, f"holds {len(value)} corpus; list two or more, or write the one corpus' fields in "
+                             f"{path.rpartition('.')[0]} itself")
+    if len(value) > limits.MAX_CORPORA:
+        return ctx.add(path, f"holds {len(value)} corpora; at most {limits.MAX_CORPORA}")
+    entries, ok = [], True
+    for i, item in enumerate(value):
+        before = len(ctx.problems)
+        parsed = _corpus(item, f"{path}[{i}]", ctx, as_entry=True)
+        if parsed is _INVALID or len(ctx.problems) > before:  # the joint checks need every entry clean
+            ok = False
+        elif parsed.id is None:
+            parsed = dataclasses.replace(parsed, id=default_id(parsed.name, parsed.uri))
+        entries.append(parsed)
+    return tuple(entries) if ok else _INVALID
+
+
+def _entry_source(c: CorpusSpec) -> Source:
+    """What :func:`kftune.core.multicorpus.joint_problems` needs of one parsed entry."""
+    registered = _registered(c.name) if c.name is not None else None
+    fmt = c.format if c.format is not None else registered.format if registered is not None else None
+    task = FORMAT_TASKS[fmt] if fmt is not None else None
+    scheme, key = None, None
+    if registered is not None:
+        scheme = registered.tag_scheme
+    elif c.tag_scheme in ("BIO", "BIOES", "none"):
+        scheme, key = c.tag_scheme, "tagScheme"
+    default = (registered.tokenizer if registered is not None else None) or (default_tokenizer(fmt) if fmt else None)
+    return Source(id=c.id or default_id(c.name, c.uri), task=task, tag_scheme=scheme, tokenizer=default,
+                  scheme_key=key)
+
+
+def _multi_corpus(value: Mapping[str, Any], path: str, ctx: _Ctx) -> Any:
+    """``spec.corpus`` with ``corpora``: the shared fields here, the sources in the entries."""
+    source_keys = {f.key: f"with corpora, each corpus' fields go into its entry of {path}.corpora; "
+                          f"{path} itself takes only {', '.join(_SHARED_CORPUS_KEYS)} and corpora"
+                   for f in _ENTRY_FIELDS}
+    values = _section(value, path, _MULTI_CORPUS_FIELDS, ctx, extra=source_keys)
+    if values is None:
+        return _INVALID
+    entries = values.get("corpora")
+    if entries is None:
+        return _INVALID
+    sources = [_entry_source(e) for e in entries]
+    tokenizer_ok = value.get("tokenizer") is None or "tokenizer" in values
+    ctx.problems.extend(joint_problems(sources, _join(path, "corpora"), tokenizer_path=_join(path, "tokenizer"),
+                                       tokenizer_given=value.get("tokenizer") is not None))
+    if tokenizer_ok:
+        seen: set[tuple[str, str]] = set()
+        for e in entries:  # the shared tokenizer against every corpus' format and the installed packages
+            registered = _registered(e.name) if e.name is not None else None
+            fmt = e.format if e.format is not None else registered.format if registered is not None else None
+            _, problems = check_tokenizer(values.get("tokenizer"), _join(path, "tokenizer"), fmt=fmt,
+                                          registry_default=registered.tokenizer if registered is not None else None,
+                                          corpus=e.id)
+            for problem in problems:
+                if (problem.path, problem.message) not in seen:
+                    seen.add((problem.path, problem.message))
+                    ctx.problems.append(problem)
+    return _build(CorpusSpec, values, ())
+
+
+def corpus_task(corpus: CorpusSpec) -> str | None:
+    """The task a (parsed) corpus block holds: its format's, or its registered corpus'; for several corpora,
+    the first one's (the others are checked to match)."""
+    c = corpus.sources[0]
+    if c.format is not None:
+        return FORMAT_TASKS[c.format]
+    registered = _registered(c.name) if c.name is not None else None
+    return registered.task if registered is not None else None
 
 
 _TASK_FIELDS = (
@@ -1341,6 +1455,7 @@ _TRAIN_FIELDS = (
     _F("evalBatchSize", "eval_batch_size", _int(1, limits.MAX_BATCH_SIZE, "examples per batch")),
     _F("numThreads", "num_threads", _int(1, limits.MAX_THREADS, "threads")),
     _F("keepBest", "keep_best", _bool),
+    _F("writeWeights", "write_weights", _bool),
 )
 
 _EVALUATION_FIELDS = (_F("baseline", "baseline", _bool),)
@@ -1454,10 +1569,17 @@ def _cross_checks(values: dict[str, Any], raw: Mapping[str, Any], ctx: _Ctx,
     resources = values.get("resources", ResourcesSpec() if raw.get("resources") is None else None)
     entry = _registered(corpus.name) if corpus is not None and corpus.name is not None else None
     if corpus is not None and task is not None:
-        expected = FORMAT_TASKS[corpus.format] if corpus.format is not None else entry.task if entry else None
+        expected = corpus_task(corpus)
         if expected is not None and expected != task.type:
-            what = f"format {corpus.format}" if corpus.format is not None else corpus.name
+            what = (f"format {corpus.format}" if corpus.format is not None else corpus.name if not corpus.corpora
+                    else f"{corpus.corpora[0].id} (spec.corpus.corpora[0])")
             ctx.add("spec.task.type", f"{task.type} does not fit corpus {what}, which holds {expected} data")
+        if corpus.corpora and raw["task"].get("labelType") is None:
+            # several registered corpora that name their labels alike: that name (else the task's default)
+            types = {r.label_type if r is not None else None
+                     for r in (_registered(c.name) if c.name else None for c in corpus.corpora)}
+            if len(types) == 1 and None not in types:
+                values["task"] = task = dataclasses.replace(task, label_type=types.pop())
         if entry is not None and raw["task"].get("labelType") is None:
             values["task"] = task = dataclasses.replace(task, label_type=entry.label_type)
     model_ok = raw.get("model") is None or values.get("model") is not None

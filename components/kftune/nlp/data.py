@@ -93,12 +93,14 @@ def tokenize(text: str) -> list[str]:
 class Example:
     """One sentence: its tokens and, for training data, its gold label (classification) or tags.
     ``text`` is the raw sentence where there is one (the JSONL ``text``; the string given to ``predict``);
-    it is not compared (two examples are equal when their tokens and gold annotations are)."""
+    ``corpus`` names the source corpus in a split prepared from several (the JSONL ``corpus``; ``None`` for
+    one corpus). Neither is compared (two examples are equal when their tokens and gold annotations are)."""
 
     tokens: tuple[str, ...]
     label: str | None = None
     tags: tuple[str, ...] | None = None
     text: str | None = field(default=None, compare=False)
+    corpus: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -214,17 +216,19 @@ def example_from_json(obj: Any, task_type: str, where: str = "") -> Example:
         raise DataError(f"{where}: 'tokens' must be a list of strings")
     text = obj.get("text")
     text = text if isinstance(text, str) else None
+    corpus = obj.get("corpus")
+    corpus = corpus if isinstance(corpus, str) and corpus else None
     if task_type == "text_classification":
         label = obj.get("label")
         if not isinstance(label, str) or not label:
             raise DataError(f"{where}: 'label' must be a non-empty string")
-        return Example(tuple(tokens), label=label, text=text)
+        return Example(tuple(tokens), label=label, text=text, corpus=corpus)
     tags = obj.get("tags")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise DataError(f"{where}: 'tags' must be a list of strings")
     if len(tags) != len(tokens):
         raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-    return Example(tuple(tokens), tags=tuple(tags), text=text)
+    return Example(tuple(tokens), tags=tuple(tags), text=text, corpus=corpus)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,16 +370,18 @@ class TextEncoder:
         self.chars, self.pretrained = chars, pretrained
         self.tokenizer = tokenizer
         self.ngrams = ngrams
-        self.ngram_vocab = ngram_vocab
+        self.ngram_vocab = ngram_vocab   # with ngrams.min_count >= 2: the kept features (built from train)
         self.casing, self.lowercase = casing, lowercase
 
     @property
     def ngram_rows(self) -> int:
+        """Rows of the n-gram bag: one per kept feature with a vocabulary, else the hash buckets."""
         if self.ngram_vocab is not None:
             return max(1, len(self.ngram_vocab))
         return self.ngrams.buckets if self.ngrams is not None else 0
 
-    def _ngram_ids(self, tokens, text):
+    def _ngram_ids(self, tokens: Sequence[str], text: str | None) -> list[int] | np.ndarray:
+        assert self.ngrams is not None
         if self.ngram_vocab is not None:
             return self.ngram_vocab.rows(self.ngrams.hashes(tokens, text))
         return self.ngrams.ids(tokens, text)
@@ -412,10 +418,11 @@ class TextEncoder:
         if not label_set:
             raise DataError("the training split has no labels")
         vocab = None
-        if ngrams is not None and ngrams.min_count > 1:
+        if ngrams is not None and ngrams.min_count > 1:   # the features of train as encode() will see them
             vocab = NgramVocabulary.build(
                 (ngrams.hashes(ex.tokens[:max_length], ex.text if len(ex.tokens) <= max_length else None)
                  for ex in train), ngrams.min_count)
+            log.info("n-gram vocabulary: %d features in %d or more training documents", len(vocab), ngrams.min_count)
         return cls(task, Vocabulary.build(counts, min_word_freq), LabelDictionary.build(label_set),
                    max_length, chars=Vocabulary.build(char_counts) if use_chars else None, tokenizer=tokenizer,
                    ngrams=ngrams, casing=use_casing, lowercase=lowercase, ngram_vocab=vocab)

@@ -1,10 +1,12 @@
-"""The training-curve PNG: train/dev loss and dev score per epoch, learning rate on a secondary axis.
+"""The training plots: the training curve (train/dev loss and dev score per epoch, learning rate on a
+secondary axis; one line per training run) and, with ``train.writeWeights``, the weights plot.
 
-Uses matplotlib's Agg backend (no display needed); one line per training run.
+Uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -56,5 +58,56 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+#: Parameter tensors drawn at most in ``weights.png`` (a 5 x 5 grid); the rest are named in the title.
+MAX_WEIGHT_PLOTS = 25
+
+
+def plot_weights(rows: Sequence[Sequence[Any]], path: str | Path, title: str = "weights", run: int | None = None,
+                 max_tensors: int = MAX_WEIGHT_PLOTS) -> Path:
+    """Flair's weights plot: a grid of small line plots, one per parameter tensor, of its sampled values
+    (thin lines) and its mean (dashed) over the training iterations. ``rows`` are
+    :class:`kftune.nlp.weights.WeightTracker` rows; ``run`` picks one training run (default: the first);
+    at most ``max_tensors`` tensors are drawn, in the order they first appear. Writes PNG, returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    runs = sorted({int(r[0]) for r in rows})
+    chosen = run if run is not None else (runs[0] if runs else 1)
+    series: dict[str, list[Sequence[Any]]] = {}
+    for r in rows:
+        if int(r[0]) == chosen:
+            series.setdefault(str(r[3]), []).append(r)
+    names = list(series)
+    shown = names[:max(1, max_tensors)]
+    cols = max(1, min(5, len(shown)))
+    nrows = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, shown):
+        points = sorted(series[name], key=lambda r: int(r[1]))
+        x = [int(r[1]) for r in points]
+        width = max((len(r[8]) for r in points), default=0)
+        for i in range(width):
+            ax.plot(x, [r[8][i] if i < len(r[8]) else float("nan") for r in points], linewidth=0.8, alpha=0.8)
+        ax.plot(x, [float(r[5]) for r in points], color="black", linestyle="--", linewidth=1.0, label="mean")
+        short = name if len(name) <= 38 else "..." + name[-35:]
+        ax.set_title(short, fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    if not shown:
+        axes.flat[0].text(0.5, 0.5, "no weights recorded", ha="center", va="center")
+    more = f"; {len(names) - len(shown)} more tensors in weights.tsv" if len(names) > len(shown) else ""
+    fig.suptitle(f"{title}: sampled weights per iteration (run {chosen}; dashed: mean){more}", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
     return out

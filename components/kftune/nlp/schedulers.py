@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
-from torch.optim import SGD, AdamW, Optimizer
+from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import CyclicLR, LambdaLR, OneCycleLR, ReduceLROnPlateau
 
 from kftune.nlp.config import Hyperparameters
@@ -25,15 +25,25 @@ from kftune.nlp.config import Hyperparameters
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters,
                     sparse: Iterable[torch.nn.Parameter] = ()) -> Optimizer:
-    """The optimizer the hyperparameters name. Parameters in ``sparse`` get sparse gradients (the
-    n-gram bag's ``EmbeddingBag``): AdamW then updates only their touched rows, lazily
-    (:class:`LazyAdamW`, as ``torch.optim.SparseAdam`` does), and SGD leaves them out of weight decay
-    (torch's SGD cannot decay a sparse gradient)."""
+    """The optimizer the hyperparameters name: ``sgd``, ``adam`` or ``adamw``.
+
+    ``adam`` is ``torch.optim.Adam``: its ``weight_decay`` is an L2 penalty added to the gradient, so it
+    passes through the adaptive scaling (parameters with large gradient variance are decayed less);
+    ``adamw`` is ``torch.optim.AdamW``, whose decay is decoupled from the gradient (Loshchilov and Hutter):
+    every weight shrinks by ``lr * weight_decay`` per step. The same ``weight_decay`` value therefore means
+    different things in the two (under Adam the penalty is rescaled per weight by the moments).
+
+    Parameters in ``sparse`` get sparse gradients (the n-gram bag's ``EmbeddingBag``): Adam and AdamW then
+    update only their touched rows, lazily (:class:`LazyAdam`, :class:`LazyAdamW`, as
+    ``torch.optim.SparseAdam`` does; rows a batch did not touch are neither moved nor decayed), and SGD
+    leaves them out of weight decay (torch's SGD cannot decay a sparse gradient)."""
     params = [p for p in params if p.requires_grad]
     sparse_ids = {id(p) for p in sparse}
     if not sparse_ids:
         if hp.optimizer == "sgd":
             return SGD(params, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.optimizer == "adam":
+            return Adam(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         return AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     groups = [{"params": [p for p in params if id(p) not in sparse_ids]},
               {"params": [p for p in params if id(p) in sparse_ids]}]
@@ -41,7 +51,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters,
     if hp.optimizer == "sgd":
         groups[-1]["weight_decay"] = 0.0
         return SGD(groups, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return LazyAdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    lazy = LazyAdam if hp.optimizer == "adam" else LazyAdamW
+    return lazy(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
 
 def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -73,11 +84,14 @@ def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> tor
     return total
 
 
-class LazyAdamW(Optimizer):
-    """AdamW whose sparse-gradient parameters are updated lazily: only the rows a batch touched get
-    their moments and weights updated (and decayed), with ``torch.optim.SparseAdam``'s arithmetic;
-    dense parameters follow ``torch.optim.AdamW`` exactly. One optimizer, so every schedule and
-    checkpoint of the trainer works unchanged."""
+class _LazyAdam(Optimizer):
+    """Adam whose sparse-gradient parameters are updated lazily: only the rows a batch touched get their
+    moments and weights updated (and decayed), with ``torch.optim.SparseAdam``'s arithmetic; dense
+    parameters follow ``torch.optim.Adam`` / ``AdamW``. One optimizer, so every schedule and checkpoint of
+    the trainer works unchanged. ``decoupled``: AdamW's decay (weights shrink by ``lr * weight_decay``)
+    rather than Adam's L2 penalty (``weight_decay * w`` added to the gradient before the moments)."""
+
+    decoupled = True
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
@@ -86,6 +100,7 @@ class LazyAdamW(Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = closure() if closure is not None else None
+        decoupled = self.decoupled
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
@@ -104,22 +119,41 @@ class LazyAdamW(Optimizer):
                 if p.grad.is_sparse:
                     grad = p.grad.coalesce()
                     rows, values = grad._indices()[0], grad._values()
+                    w = p[rows]
+                    if decay and not decoupled:  # L2: the touched rows' penalty joins their gradient
+                        values = values.add(w, alpha=decay)
                     m = exp_avg[rows].mul_(beta1).add_(values, alpha=1 - beta1)
                     v = exp_avg_sq[rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
                     exp_avg[rows], exp_avg_sq[rows] = m, v
                     update = (m / bias1) / ((v / bias2).sqrt_().add_(eps))
-                    w = p[rows]
-                    if decay:
+                    if decay and decoupled:
                         w.mul_(1 - lr * decay)
                     p[rows] = w.add_(update, alpha=-lr)
                 else:
+                    grad = p.grad
                     if decay:
-                        p.mul_(1 - lr * decay)
-                    exp_avg.lerp_(p.grad, 1 - beta1)
-                    exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                        if decoupled:
+                            p.mul_(1 - lr * decay)
+                        else:
+                            grad = grad.add(p, alpha=decay)
+                    exp_avg.lerp_(grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
                     p.addcdiv_(exp_avg, denom, value=-lr / bias1)
         return loss
+
+
+class LazyAdamW(_LazyAdam):
+    """AdamW with lazy sparse rows (see :class:`_LazyAdam`): dense parameters follow ``torch.optim.AdamW``."""
+
+    decoupled = True
+
+
+class LazyAdam(_LazyAdam):
+    """Adam with lazy sparse rows (see :class:`_LazyAdam`): dense parameters follow ``torch.optim.Adam``
+    (L2 ``weight_decay``); a sparse row's L2 penalty is applied only in steps that touch it."""
+
+    decoupled = False
 
 
 class _LinearWarmupDecay:

@@ -43,6 +43,7 @@ from kftune.nlp.data import (
 from kftune.nlp.models import Model, fit_to_training_split
 from kftune.nlp.predict import autocast_context
 from kftune.nlp.schedulers import Schedule, build_optimizer, clip_gradients, sparse_parameters
+from kftune.nlp.weights import record_interval
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class EpochResult:
     dev_score: float
     samples_per_second: float
     improved: bool
+    dev_scores_by_corpus: dict[str, float] | None = None  # several corpora (MultiCorpus): each one's dev score
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +156,21 @@ def dev_score(task: TaskInfo, gold: Sequence[Any], predicted: Sequence[Any]) -> 
     return sum(a == b for g, p in zip(gold_l, pred) for a, b in zip(g, p)) / max(total, 1)
 
 
+def scores_by_corpus(task: TaskInfo, examples: Sequence[Any], gold: Sequence[Any],
+                     predicted: Sequence[Any]) -> dict[str, float] | None:
+    """:func:`dev_score` of each source corpus of a split prepared from several corpora (the examples'
+    ``corpus``), in the order the corpora first appear; ``None`` for a split of one corpus."""
+    groups: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        name = getattr(example, "corpus", None)
+        if name is not None:
+            groups.setdefault(name, []).append(i)
+    if len(groups) < 2:
+        return None
+    return {name: dev_score(task, [gold[i] for i in idx], [predicted[i] for i in idx])
+            for name, idx in groups.items()}
+
+
 # ------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -167,13 +184,19 @@ class Trainer:
 
     ``stop_requested`` is polled after every optimizer step (a SIGTERM handler sets it): the trainer
     then writes a mid-epoch checkpoint and raises :class:`TrainingInterrupted`.
+
+    ``weights`` (:class:`kftune.nlp.weights.WeightTracker`, ``train.writeWeights``) records weight
+    statistics before the first step, every tenth of an epoch and at its end; its rows go into the checkpoints.
+    When the dev split holds several corpora (their examples name it), each epoch's result carries the dev
+    score of each (``dev_scores_by_corpus``); training still selects on the score over the whole split.
     """
 
     def __init__(self, model: Model, encoder: TextEncoder, train_data: EncodedDataset, dev_data: EncodedDataset,
                  hp: Hyperparameters, config: TrainerConfig, *, seed: int | None = None, run: int = 1,
                  device: torch.device | None = None, callbacks: Sequence[EpochCallback | Callable] = (),
                  checkpoints: CheckpointStore | None = None,
-                 stop_requested: Callable[[], bool] | None = None, show_progress: bool = True):
+                 stop_requested: Callable[[], bool] | None = None, show_progress: bool = True,
+                 weights: Any = None):
         if train_data.num_usable == 0:
             raise TrialFailedError("the training split has no usable (non-empty) sentences")
         self.model, self.encoder, self.hp, self.config = model, encoder, hp, config
@@ -186,6 +209,7 @@ class Trainer:
         self.checkpoints = checkpoints
         self.stop_requested = stop_requested or (lambda: False)
         self.show_progress = show_progress
+        self.weights = weights
         self.eval_batch_size = config.eval_batch_size or 2 * hp.mini_batch_size
         fit_to_training_split(self.model, train_data)
         self.model.to(self.device)
@@ -220,6 +244,7 @@ class Trainer:
             "history": [h.to_dict() for h in self.history], "elapsed": self.elapsed,
             "hyperparameters": self.hp.to_dict(),
             "trainer": {"max_epochs": self.config.max_epochs, "patience": self.config.patience},
+            "weights": self.weights.state_dict() if self.weights is not None else None,
         }
 
     def save_checkpoint(self, position: dict[str, Any] | None = None, background: bool = False) -> None:
@@ -235,8 +260,14 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this trainer (same hyperparameters)."""
         saved = state.get("hyperparameters")
-        if saved != self.hp.to_dict():
-            diff = sorted(k for k in self.hp.to_dict() if (saved or {}).get(k) != self.hp.to_dict()[k])
+        current = self.hp.to_dict()
+        if saved != current:
+            # a field added by a later kftune is missing from an older checkpoint: it matches when this run
+            # leaves it at the field's default (the older version behaved as the default does)
+            defaults = Hyperparameters().to_dict()
+            saved = {**{k: defaults[k] for k in current if k not in (saved or {})}, **(saved or {})}
+        if saved != current:
+            diff = sorted(k for k in current if saved.get(k) != current[k])
             raise ConfigError([Problem("resume", f"the checkpoint was written with other hyperparameters "
                                                  f"({', '.join(diff)}); resume with the same settings, or "
                                                  "train without --resume into a new output")])
@@ -258,6 +289,8 @@ class Trainer:
         self.status = str(state["status"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self._position = state.get("position")
+        if self.weights is not None:
+            self.weights.load_state_dict(state.get("weights"))
         where = (f"epoch {self._position['epoch']} batch {self._position['batch']}" if self._position
                  else f"the end of epoch {self.epoch}")
         log.info("run %d: resumed from %s (%s)", self.run, where, self.checkpoints.uri if self.checkpoints else "")
@@ -323,6 +356,8 @@ class Trainer:
         self.status = "running"
         max_epochs = self.config.max_epochs
         cache = self.config.embeddings_storage_mode != "none"
+        if self.weights is not None and not self.weights.rows:
+            self.weights.record(self.epoch * self.steps_per_epoch, self.epoch)  # the weights before training
         while self.epoch < max_epochs:
             epoch = self.epoch + 1
             if until_epoch is not None and epoch > until_epoch:
@@ -350,11 +385,14 @@ class Trainer:
                 if self.show_progress else None
             if bar is not None and start_batch:
                 bar.update(start_batch)
+            interval = record_interval(len(order))
             for b in range(start_batch, len(order)):
                 step_loss, step_count = self._train_step(order[b], cache)
                 loss_sum += step_loss
                 count += step_count
                 samples += len(order[b])
+                if self.weights is not None and ((b + 1) % interval == 0 or b + 1 == len(order)):
+                    self.weights.record((epoch - 1) * len(order) + b + 1, epoch)
                 if b % 50 == 49:
                     self._check_finite(float(loss_sum))
                 if bar is not None:
@@ -374,7 +412,8 @@ class Trainer:
             epoch_loss = float(loss_sum)
             self._check_finite(epoch_loss)
             train_seconds = time.perf_counter() - started
-            dev_loss, score, _ = self.evaluate(self.dev_data)
+            dev_loss, score, predicted = self.evaluate(self.dev_data)
+            by_corpus = scores_by_corpus(self.encoder.task, self.dev_data.examples, self.dev_data.gold(), predicted)
             seconds = seconds_before + time.perf_counter() - started
             self.elapsed += time.perf_counter() - started
             improved = score > self.best_score
@@ -389,10 +428,14 @@ class Trainer:
             result = EpochResult(run=self.run, epoch=epoch, timestamp=datetime.now(timezone.utc).isoformat(
                 timespec="seconds"), seconds=round(seconds, 4), learning_rate=lr,
                 train_loss=epoch_loss / max(count, 1), dev_loss=dev_loss, dev_score=score,
-                samples_per_second=samples / max(seconds_before + train_seconds, 1e-9), improved=improved)
+                samples_per_second=samples / max(seconds_before + train_seconds, 1e-9), improved=improved,
+                dev_scores_by_corpus=by_corpus)
             self.history.append(result)
-            log.info("run %d epoch %d: train loss %.4f, dev loss %.4f, dev score %.4f%s, lr %.3g, %.1fs",
-                     self.run, epoch, result.train_loss, dev_loss, score, " (best)" if improved else "", lr, seconds)
+            per_corpus = (" (" + ", ".join(f"{name} {value:.4f}" for name, value in by_corpus.items()) + ")"
+                          if by_corpus else "")
+            log.info("run %d epoch %d: train loss %.4f, dev loss %.4f, dev score %.4f%s%s, lr %.3g, %.1fs",
+                     self.run, epoch, result.train_loss, dev_loss, score, per_corpus, " (best)" if improved else "",
+                     lr, seconds)
             stop = False
             for cb in self.callbacks:
                 fn = getattr(cb, "on_epoch_end", cb)

@@ -40,6 +40,16 @@ How the splits are made (all seeded; the same input and seed give byte-identical
    ``corpus.json`` records the tokenizer (``tokenizer``: its ``to_dict()``, which recreates it) and
    ``card.md`` names it; the log reports the pass's throughput in sentences per second.
 
+Several corpora (``corpora``, the spec's ``corpus.corpora``; Flair's MultiCorpus, see
+:mod:`kftune.core.multicorpus`): each is prepared as above on its own (its own files, split, downsampling
+and stratification, with the shared ``downsample``, ``dev_fraction``, ``test_fraction``, ``seed`` and
+tokenizer), then the output holds their union: ``train.jsonl`` etc. list the corpora's examples in the
+order the corpora are given, each with a ``corpus`` field (its id); ``corpus.json`` has the joint label
+set and tokenizer plus one ``corpora`` entry per corpus (its own ``corpus.json`` fields), and ``card.md``
+a summary followed by each corpus' card. A ``subword`` tokenizer is trained on the joint train split.
+Their tasks and tag schemes must agree (checked before any download where they are known, and again once
+the tags are read): otherwise a :class:`ConfigError` names both corpora.
+
 Memory: the step holds one example at a time (plus the few the tokenizer reads ahead) and one small key
 per example; on UD_ENGLISH (17.8 MB of CoNLL-U) the whole process peaks at about 40 MB RSS
 (``benchmarks/corpus_memory.py``). Full NSMC with ``morpheme`` peaks at about 0.6 GB, most of it kiwi's
@@ -54,6 +64,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -72,13 +83,21 @@ from kftune._version import __version__
 from kftune.core.corpus_registry import (CONLLU_COLUMNS, FORMATS, SPLITS, TASK_OF_FORMAT, CorpusEntry,
                                          get_corpus, is_sha256)
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.core.tokenization import TokenizerChoice, check_tokenizer, default_tokenizer
+from kftune.core.limits import MAX_CORPORA
+from kftune.core.multicorpus import ID_PATTERN, Source, default_id, joint_problems, scheme_problem
+from kftune.core.tokenization import TokenizerChoice, check_tokenizer, default_tokenizer, parse_tokenizer
 from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "corpus.json", "card.md")
 TAG_SCHEMES = ("auto", "BIO", "BIOES", "none")
+#: The fields of one entry of ``corpora``: an ``id`` and the source fields of :class:`CorpusConfig`.
+ENTRY_FIELDS = ("id", "name", "uri", "train", "dev", "test", "format", "sha256", "dev_sha256", "test_sha256",
+                "text_columns", "label_column", "label_map", "label_prefix", "token_column", "delimiter", "header",
+                "quoting", "encoding", "tag_scheme", "allow_unverified")
+#: The fields that several corpora share (set on the config, not on an entry).
+SHARED_FIELDS = ("label_type", "tokenizer", "downsample", "downsample_test", "dev_fraction", "test_fraction", "seed")
 
 
 # --------------------------------------------------------------------------- config and result
@@ -95,6 +114,10 @@ class CorpusConfig(CheckedConfig):
     ``coarse`` or ``fine``; conll the tag column number (default the last); conllu the column name.
     ``tokenizer``: a tokenizer name (``morpheme``) or the spec's mapping (``{"type": "subword",
     "vocabSize": 8000}``); ``None`` takes the registered corpus' default, else the format's.
+
+    ``corpora``: several corpora trained as one, each a mapping of :data:`ENTRY_FIELDS` (``{"id": "ud",
+    "name": "UD_ENGLISH"}``, ``{"uri": ..., "format": "conll", ...}``); the config's own source fields then
+    stay unset and only :data:`SHARED_FIELDS` (and ``allow_unverified``, for every entry) apply to all.
     """
 
     out: str
@@ -125,9 +148,12 @@ class CorpusConfig(CheckedConfig):
     test_fraction: float = 0.1
     seed: int = 1
     allow_unverified: bool = False
+    corpora: tuple[Mapping[str, Any], ...] = ()
 
     def problems(self) -> list[Problem]:
         """Every problem with this config (empty when it is usable)."""
+        if self.corpora:
+            return _multi_problems(self)
         p: list[Problem] = []
         if not self.out or not str(self.out).strip():
             p.append(Problem("corpus.out", "give an output directory or store URI"))
@@ -170,6 +196,115 @@ class CorpusConfig(CheckedConfig):
                 p.append(Problem("corpus.out", f"{out!r} is a non-empty directory that holds no corpus (no corpus.json); "
                                                "choose a new or empty directory"))
         return p
+
+
+def _entry_id(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("id") or default_id(entry.get("name"), entry.get("uri")))
+
+
+def _entry_config(cfg: CorpusConfig, entry: Mapping[str, Any], out: str, tokenizer: Any) -> CorpusConfig:
+    """The config that prepares one entry of ``cfg.corpora`` alone (into ``out``, with ``tokenizer``)."""
+    fields = {k: v for k, v in entry.items() if k in ENTRY_FIELDS and k != "id"}
+    fields["text_columns"] = tuple(fields.get("text_columns") or ())
+    fields["tag_scheme"] = fields.get("tag_scheme") or "auto"
+    fields["allow_unverified"] = bool(fields.get("allow_unverified")) or cfg.allow_unverified
+    return CorpusConfig(out=out, **fields, label_type=cfg.label_type, tokenizer=tokenizer, downsample=cfg.downsample,
+                        downsample_test=cfg.downsample_test, dev_fraction=cfg.dev_fraction,
+                        test_fraction=cfg.test_fraction, seed=cfg.seed)
+
+
+def _is_subword(tokenizer: Any) -> bool:
+    choice, problems = parse_tokenizer(tokenizer, "corpus.tokenizer")
+    return not problems and choice is not None and choice.type == "subword"
+
+
+def _entry_source(entry: Mapping[str, Any]) -> Source:
+    """What :func:`kftune.core.multicorpus.joint_problems` needs of one entry (before any download)."""
+    registered = None
+    if entry.get("name"):
+        try:
+            registered = get_corpus(str(entry["name"]))
+        except ConfigError:
+            registered = None
+    fmt = registered.format if registered is not None else entry.get("format")
+    task = TASK_OF_FORMAT.get(fmt) if isinstance(fmt, str) else None
+    scheme, key = (registered.tag_scheme, None) if registered is not None else (None, None)
+    if registered is None and entry.get("tag_scheme") in ("BIO", "BIOES", "none"):
+        scheme, key = entry["tag_scheme"], "tag_scheme"
+    tokenizer = (registered.tokenizer if registered is not None else None) or \
+        (default_tokenizer(fmt) if isinstance(fmt, str) and fmt in FORMATS else None)
+    return Source(id=_entry_id(entry), task=task, tag_scheme=scheme, tokenizer=tokenizer, scheme_key=key)
+
+
+def _multi_problems(cfg: CorpusConfig) -> list[Problem]:
+    """The problems of a config with ``corpora``: its own fields, each entry's (as a corpus of its own, under
+    ``corpus.corpora[i]``) and the entries' together (one task, one kind of tags, one tokenizer, distinct ids)."""
+    p: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(problem: Problem) -> None:
+        if (problem.path, problem.message) not in seen:
+            seen.add((problem.path, problem.message))
+            p.append(problem)
+
+    unset = {"name": None, "uri": None, "train": None, "dev": None, "test": None, "format": None, "sha256": None,
+             "dev_sha256": None, "test_sha256": None, "text_columns": (), "label_column": None, "label_map": None,
+             "label_prefix": None, "token_column": None, "delimiter": None, "header": None, "quoting": None,
+             "encoding": None, "tag_scheme": "auto"}
+    for fname, default in unset.items():
+        if getattr(cfg, fname) not in (default, None):
+            add(Problem(f"corpus.{fname}", "with corpora, set it on each entry of corpora (it belongs to one corpus)"))
+    entries = list(cfg.corpora)
+    if not 2 <= len(entries) <= MAX_CORPORA:
+        add(Problem("corpus.corpora", f"holds {len(entries)} corpora; give 2 to {MAX_CORPORA} (one corpus: use its "
+                                      "own fields instead of corpora)"))
+    sources: list[Source | None] = []
+    subword = _is_subword(cfg.tokenizer)
+    for i, entry in enumerate(entries):
+        where = f"corpus.corpora[{i}]"
+        if not isinstance(entry, Mapping):
+            add(Problem(where, f"{entry!r} is not a mapping of corpus fields ({', '.join(ENTRY_FIELDS)})"))
+            sources.append(None)
+            continue
+        bad = False
+        for key in entry:
+            if key in SHARED_FIELDS:
+                add(Problem(f"{where}.{key}", "set it once for all corpora, not per corpus"))
+                bad = True
+            elif key not in ENTRY_FIELDS:
+                add(Problem(f"{where}.{key}", f"unknown field (fields of an entry: {', '.join(ENTRY_FIELDS)})"))
+                bad = True
+        if entry.get("id") is not None and not (isinstance(entry["id"], str) and ID_PATTERN.match(entry["id"])):
+            add(Problem(f"{where}.id", f"{entry['id']!r} is not an id of letters, digits, _, . and - (at most 64)"))
+        if bad:
+            sources.append(None)
+            continue
+        sub = _entry_config(cfg, entry, cfg.out, None if subword else cfg.tokenizer)
+        for problem in sub.problems():
+            field_name = problem.path.removeprefix("corpus.")
+            if field_name == "tokenizer":
+                continue  # checked below against every corpus
+            add(Problem(f"{where}.{field_name}", problem.message) if field_name in ENTRY_FIELDS else problem)
+        sources.append(_entry_source(entry))
+    if any(source is None for source in sources):
+        return p  # the entries' own problems first: the joint checks need every entry readable
+    p.extend(joint_problems(sources, "corpus.corpora", tokenizer_path="corpus.tokenizer",
+                            tokenizer_given=cfg.tokenizer is not None))
+    for entry, source in zip(entries, sources):
+        if entry.get("name"):
+            try:
+                registered = get_corpus(str(entry["name"]))
+                fmt, default = registered.format, registered.tokenizer
+            except ConfigError:
+                continue
+        else:
+            fmt, default = entry.get("format"), None
+        if fmt not in FORMATS:
+            continue
+        for problem in check_tokenizer(cfg.tokenizer, "corpus.tokenizer", fmt=fmt, registry_default=default,
+                                       corpus=source.id)[1]:
+            add(problem)
+    return p
 
 
 def _effective_tokenizer(cfg: CorpusConfig) -> tuple[TokenizerChoice | None, list[Problem]]:
@@ -718,11 +853,22 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
     On any failure nothing partial is left at ``config.out`` (a local directory); for a store URI,
     ``corpus.json`` is uploaded last and marks a complete corpus.
     """
-    from kftune.io.download import Downloader, member_path
+    from kftune.io.download import Downloader
+
+    config.validate()
+    dl = downloader or Downloader.from_env()
+    result = _run_multi(config, dl) if config.corpora else _prepare(config, dl)
+    _log_metrics(result.splits)
+    log.info("wrote %s: %s", result.out, ", ".join(f"{s} {result.splits[s].examples}" for s in SPLITS))
+    return result
+
+
+def _prepare(config: CorpusConfig, dl: Any) -> CorpusResult:
+    """Prepare one corpus (``config`` without ``corpora``) and publish it at ``config.out``."""
+    from kftune.io.download import member_path
 
     config.validate()
     plan = _plan(config)
-    dl = downloader or Downloader.from_env()
 
     # 1. fetch and verify every file (once per URL)
     fetched: dict[str, Any] = {}
@@ -820,10 +966,237 @@ def run(config: CorpusConfig, *, downloader: Any = None) -> CorpusResult:
         shutil.rmtree(work, ignore_errors=True)
 
     split_stats = {s: SplitStats(stats[s].examples, stats[s].tokens, meta["splits"][s]["sha256"]) for s in SPLITS}
-    _log_metrics(split_stats)
-    log.info("wrote %s: %s", out, ", ".join(f"{s} {split_stats[s].examples}" for s in SPLITS))
     return CorpusResult(out=out, name=plan.name, task=plan.task, label_type=plan.label_type, labels=tuple(labels),
                         tag_scheme=tag_scheme, splits=split_stats, metadata=meta, tokenization=tokenization)
+
+
+# --------------------------------------------------------------------------- several corpora
+def _run_multi(config: CorpusConfig, dl: Any) -> CorpusResult:
+    """Prepare every entry of ``config.corpora`` on its own, check that their tags can be joined, and publish
+    their union at ``config.out`` (see the module docstring)."""
+    from kftune.nlp.tokenizers import build_tokenizer
+
+    entries = list(config.corpora)
+    ids = [_entry_id(e) for e in entries]
+    subword = _is_subword(config.tokenizer)
+    out = str(config.out)
+    is_store = "://" in out and not out.startswith("file://")
+    local_out = None if is_store else Path(out.removeprefix("file://")).expanduser()
+    parts_root = Path(tempfile.mkdtemp(prefix="kftune-corpora-"))
+    work = None
+    try:
+        parts: list[tuple[str, Path, CorpusResult]] = []
+        for i, (cid, entry) in enumerate(zip(ids, entries)):
+            log.info("corpus %d of %d: %s", i + 1, len(entries), cid)
+            part = parts_root / f"{i}"
+            # a subword tokenizer is trained below on the joint train split; the parts keep their own tokens
+            sub = _entry_config(config, entry, str(part), None if subword else config.tokenizer)
+            parts.append((cid, part, _prepare(sub, dl)))
+        first_id, _, first = parts[0]
+        for i, (cid, _, result) in enumerate(parts[1:], 1):
+            if result.task != first.task:  # the config check makes this unreachable; kept as the last word
+                raise ConfigError([Problem(f"corpus.corpora[{i}]", f"{cid} holds {result.task} data but {first_id} "
+                                                                   f"(corpus.corpora[0]) holds {first.task} data")])
+            if result.tag_scheme != first.tag_scheme:
+                raise ConfigError([scheme_problem(f"corpus.corpora[{i}]", cid, result.tag_scheme or "none", first_id,
+                                                  "corpus.corpora[0]", first.tag_scheme or "none")])
+        if local_out is not None:
+            local_out.parent.mkdir(parents=True, exist_ok=True)
+            work = local_out.parent / f".{local_out.name}.tmp-{secrets.token_hex(6)}"
+            work.mkdir()
+        else:
+            work = Path(tempfile.mkdtemp(prefix="kftune-corpus-"))
+        tokenizer = None
+        tokenizer_dict = first.metadata.get("tokenizer")
+        if subword:
+            choice, _ = parse_tokenizer(config.tokenizer, "corpus.tokenizer")
+            started = time.monotonic()
+            tokenizer = build_tokenizer(choice, train_texts=(str(obj.get("text") or " ".join(obj["tokens"]))
+                                                             for _, obj in _part_objects(parts, "train")))
+            log.info("trained %s on the joint train split in %.1f s", tokenizer.describe(), time.monotonic() - started)
+            tokenizer_dict = tokenizer.to_dict()
+        started = time.monotonic()
+        stats, dropped = _write_merged(parts, first.task, work, tokenizer)
+        seconds = time.monotonic() - started
+        if stats["train"].examples == 0:
+            raise DataError("the train split is empty after splitting and downsampling; raise --downsample")
+        meta = _merged_meta(config, parts, stats, tokenizer_dict, dropped)
+        (work / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+        cards = [(cid, (part / "card.md").read_text(encoding="utf-8")) for cid, part, _ in parts]
+        (work / "card.md").write_text(render_multi_card(meta, stats, cards), encoding="utf-8")
+        _publish(work, out, local_out)
+    except BaseException:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(parts_root, ignore_errors=True)
+    if local_out is None:
+        shutil.rmtree(work, ignore_errors=True)
+    sentences = sum(int(r.tokenization.get("sentences") or 0) for _, _, r in parts)
+    spent = sum(float(r.tokenization.get("seconds") or 0.0) for _, _, r in parts) + seconds
+    tokenization = {"tokenizer": tokenizer.describe() if tokenizer is not None else first.tokenization.get("tokenizer"),
+                    "sentences": sentences, "seconds": round(spent, 3),
+                    "sentences_per_second": round(sentences / spent, 1) if spent > 0 else None}
+    split_stats = {s: SplitStats(stats[s].examples, stats[s].tokens, meta["splits"][s]["sha256"]) for s in SPLITS}
+    return CorpusResult(out=out, name=meta["name"], task=meta["task"], label_type=meta["label_type"],
+                        labels=tuple(meta["labels"]), tag_scheme=meta["tag_scheme"], splits=split_stats, metadata=meta,
+                        tokenization=tokenization)
+
+
+def _part_objects(parts: Sequence[tuple[str, Path, Any]], split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(corpus id, example object)`` of one split of every part, in the order the corpora are given."""
+    for cid, part, _ in parts:
+        with open(part / f"{split}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield cid, json.loads(line)
+
+
+def _write_merged(parts: Sequence[tuple[str, Path, Any]], task: str, workdir: Path,
+                  tokenizer: Any = None) -> tuple[dict[str, _SplitOut], int]:
+    """Write each split as the parts' examples, each with its ``corpus``, retokenized by ``tokenizer``
+    (``None``: as the parts wrote them). Returns the statistics and the examples dropped with no tokens."""
+    from kftune.nlp.corpora import split_tag
+
+    stats = {split: _SplitOut() for split in SPLITS}
+    dropped = 0
+    for split in SPLITS:
+        st = stats[split]
+        pairs: Iterable[tuple[tuple[str, dict[str, Any]], list[str]]]
+        if tokenizer is None:
+            pairs = (((cid, obj), obj["tokens"]) for cid, obj in _part_objects(parts, split))
+        else:
+            ahead: deque[tuple[str, dict[str, Any]]] = deque()
+
+            def texts(_split: str = split, _ahead: deque = ahead) -> Iterator[str]:
+                for cid, obj in _part_objects(parts, _split):
+                    _ahead.append((cid, obj))
+                    yield str(obj.get("text") or " ".join(obj["tokens"]))
+
+            pairs = ((ahead.popleft(), tokens) for tokens in tokenizer.tokenize_many(texts()))
+        with open(workdir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as handle:
+            for (cid, obj), tokens in pairs:
+                if task == "text_classification" and not tokens:
+                    dropped += 1
+                    continue
+                obj["tokens"] = list(tokens)
+                obj["corpus"] = cid
+                line = json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
+                handle.write(line)
+                st.sha256.update(line.encode("utf-8"))
+                st.examples += 1
+                st.tokens += len(tokens)
+                st.lengths.append(len(tokens))
+                if task == "text_classification":
+                    st.labels[obj["label"]] += 1
+                else:
+                    st.labels.update(obj["tags"])
+                    st.entities.update(t for p, t in map(split_tag, obj["tags"]) if p in ("B", "S") and t)
+    return stats, dropped
+
+
+#: The fields of each part's corpus.json kept in the joint corpus.json's ``corpora`` entries.
+_PART_FIELDS = ("name", "task", "label_type", "labels", "tag_scheme", "splits", "source", "preparation")
+
+
+def _merged_meta(config: CorpusConfig, parts: Sequence[tuple[str, Path, CorpusResult]], stats: Mapping[str, _SplitOut],
+                 tokenizer: Any, dropped: int) -> dict[str, Any]:
+    """The joint corpus.json: the union's splits, labels and tokenizer, and each corpus' own fields."""
+    metas = [(cid, result.metadata) for cid, _, result in parts]
+    first = metas[0][1]
+    types = {m["label_type"] for _, m in metas}
+    label_type = config.label_type or (types.pop() if len(types) == 1 else
+                                       "class" if first["task"] == "text_classification" else "tag")
+    ids = [cid for cid, _ in metas]
+    name = "+".join(ids)
+    labels = sorted(set().union(*(set(stats[s].labels) for s in SPLITS)))
+    return {
+        "name": name,
+        "task": first["task"],
+        "label_type": label_type,
+        "labels": labels,
+        "tag_scheme": first["tag_scheme"],
+        "splits": {s: {"examples": stats[s].examples, "tokens": stats[s].tokens, "sha256": stats[s].sha256.hexdigest(),
+                       "length": length_stats(stats[s].lengths)} for s in SPLITS},
+        "tokenizer": tokenizer,
+        "seed": config.seed,
+        "downsample": config.downsample,
+        "dev_fraction": config.dev_fraction,
+        "source": {"corpus": name, "description": f"{len(ids)} corpora trained together: {', '.join(ids)}",
+                   "license": "; ".join(f"{cid}: {m['source'].get('license') or 'unknown'}" for cid, m in metas),
+                   "homepage": None, "citation": None, "format": "multi",
+                   "files": [{**f, "corpus": cid} for cid, m in metas for f in m["source"]["files"]],
+                   "reader_options": {}},
+        "preparation": {"downsample_test": config.downsample_test,
+                        "stratification": "per corpus, as each corpus alone",
+                        "skipped_empty": sum(m["preparation"]["skipped_empty"] for _, m in metas) + dropped,
+                        "source_examples": {cid: m["preparation"]["source_examples"] for cid, m in metas}},
+        "corpora": [{"id": cid, **{k: m.get(k) for k in _PART_FIELDS}} for cid, m in metas],
+        "kftune_version": __version__,
+    }
+
+
+def render_multi_card(meta: Mapping[str, Any], stats: Mapping[str, _SplitOut], cards: Sequence[tuple[str, str]]) -> str:
+    """The card of a corpus prepared from several: the union (per-corpus split sizes, joint labels), then
+    each corpus' own card with its headings one level down."""
+    unit = "examples" if meta["task"] == "text_classification" else "sentences"
+    ids = [c["id"] for c in meta["corpora"]]
+    lines = [f"# Corpus card: {meta['name']}", "",
+             f"{len(ids)} corpora trained together (Flair's MultiCorpus): one label dictionary, one tokenizer; "
+             "each was split and downsampled on its own, and every example names its corpus (`corpus`).", "",
+             "| | |", "| --- | --- |",
+             f"| task | {meta['task']} |", f"| label type | {meta['label_type']} |",
+             f"| labels | {len(meta['labels'])} |", f"| tag scheme | {meta['tag_scheme'] or '-'} |",
+             f"| tokenizer | {_tokenizer_text(meta.get('tokenizer'))} |", f"| corpora | {_md(', '.join(ids))} |",
+             f"| seed | {meta['seed']} |",
+             f"| downsample | {meta['downsample']:g} of each corpus' train and dev"
+             + (" and test" if meta["preparation"]["downsample_test"] else "; test kept whole") + " |",
+             "", f"## Splits ({unit})", "", "| corpus | train | dev | test |", "| --- | ---: | ---: | ---: |"]
+    for c in meta["corpora"]:
+        lines.append(f"| {_md(c['id'])} | " + " | ".join(f"{c['splits'][s]['examples']:,}" for s in SPLITS) + " |")
+    lines.append("| **all** | " + " | ".join(f"{meta['splits'][s]['examples']:,}" for s in SPLITS) + " |")
+    lines += ["", "| split | tokens | jsonl sha256 |", "| --- | ---: | --- |"]
+    lines += [f"| {s} | {meta['splits'][s]['tokens']:,} | `{meta['splits'][s]['sha256']}` |" for s in SPLITS]
+    what = "examples per label" if meta["task"] == "text_classification" else "tokens per tag"
+    lines += ["", f"## Label distribution ({what}, all corpora)", "",
+              "| label | train | dev | test | in corpora |", "| --- | ---: | ---: | ---: | --- |"]
+    for label in meta["labels"]:
+        where = ", ".join(c["id"] for c in meta["corpora"] if label in (c.get("labels") or []))
+        lines.append(f"| {_md(label)} | " + " | ".join(f"{stats[s].labels.get(label, 0):,}" for s in SPLITS)
+                     + f" | {_md(where)} |")
+    for cid, card in cards:
+        body = card.split("\n", 1)[1] if card.startswith("# ") else card
+        body = re.sub(r"^(#{1,5}) ", lambda m: "#" * (len(m.group(1)) + 1) + " ", body, flags=re.M)
+        lines += ["", f"## Corpus {_md(cid)}", body.strip()]
+    lines += ["", f"Prepared by kftune {meta['kftune_version']}.", ""]
+    return "\n".join(lines)
+
+
+def settings_from_spec(corpus: Any, task: Any) -> dict[str, Any]:
+    """The corpus step's settings (``CorpusConfig`` keyword arguments but ``out``, JSON-shaped) for the spec's
+    ``corpus`` block (:class:`kftune.core.spec.CorpusSpec`) and ``task``: what the pipeline's resolve-spec
+    task hands to prepare-corpus (the settings are that task's cache key)."""
+    def source(c: Any) -> dict[str, Any]:
+        text = c.text_column
+        return {
+            "name": c.name, "uri": c.uri, "train": c.train, "dev": c.dev, "test": c.test, "format": c.format,
+            "sha256": c.sha256,
+            "text_columns": [str(t) for t in (text if isinstance(text, tuple) else (text,))] if text is not None else [],
+            "label_column": None if c.label_column is None else str(c.label_column),
+            "label_map": dict(c.label_map) if c.label_map is not None else None, "label_prefix": c.label_prefix,
+            "token_column": c.token_column, "delimiter": c.delimiter, "header": c.header, "quoting": c.quoting,
+            "encoding": c.encoding, "tag_scheme": c.tag_scheme or "auto",
+            # a URI without a sha256 is taken as given: the spec names no checksum to verify it against
+            "allow_unverified": c.uri is not None and c.sha256 is None,
+        }
+
+    shared = {"label_type": task.label_type, "tokenizer": corpus.tokenizer.to_spec() if corpus.tokenizer is not None
+              else None, "downsample": corpus.downsample, "dev_fraction": corpus.dev_fraction, "seed": corpus.seed}
+    if not corpus.corpora:
+        return {**source(corpus), **shared}
+    return {"corpora": [{"id": c.id or default_id(c.name, c.uri), **source(c)} for c in corpus.corpora], **shared}
 
 
 def _build_tokenizer(plan: _Plan, paths: dict[str, Path], selection: dict[str, dict[str, Any]],
@@ -883,6 +1256,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "download host; KFTUNE_CACHE_DIR sets the download cache.")
     src = p.add_argument_group("corpus")
     src.add_argument("--name", help="a registered corpus: TREC_6, TREC_50, WNUT_17, UD_ENGLISH, AG_NEWS, NSMC, SST_2")
+    src.add_argument("--corpora", type=_corpora_arg,
+                     help="several corpora trained as one, instead of --name/--uri: a JSON list of entries with the "
+                          "fields of one corpus in snake_case, e.g. '[{\"name\": \"TREC_6\"}, {\"id\": \"mine\", "
+                          "\"uri\": \"q.csv\", \"format\": \"csv\", \"text_columns\": [\"text\"]}]'; "
+                          "the splitting options and --tokenizer apply to each")
     src.add_argument("--uri", help="http(s)://, s3://, file:// or a path: the train file, a zip/tar archive "
                                    "(URI#member picks the train file in it), or a directory with --train")
     src.add_argument("--train", help="train file: a member of the --uri archive, a path in the --uri directory, "
@@ -943,6 +1321,17 @@ def _tokenizer_arg(text: str) -> str | dict[str, Any]:
     return value
 
 
+def _corpora_arg(text: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of corpus entries (checked by the config)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON list of corpora ({exc.msg})") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON list of objects (one per corpus)")
+    return tuple(value)
+
+
 def _label_map(text: str) -> dict[str, str]:
     pairs = [item.partition("=") for item in text.split(",") if item.strip()]
     if not pairs or any(not sep or not k.strip() or not v.strip() for k, sep, v in pairs):
@@ -959,7 +1348,7 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         delimiter=args.delimiter, header=args.header, quoting=args.quoting, encoding=args.encoding,
         label_type=args.label_type, tag_scheme=args.tag_scheme, tokenizer=args.tokenizer, downsample=args.downsample,
         downsample_test=args.downsample_test, dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, allow_unverified=args.allow_unverified)
+        seed=args.seed, allow_unverified=args.allow_unverified, corpora=args.corpora or ())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,11 @@ and logged as a warning (span scores keep such entities as real gold spans). Met
 ``<split>_score``, ``<split>_accuracy``, ``<split>_f1_micro`` and ``<split>_f1_macro`` (``test_*`` by
 default), and with the baseline ``baseline_<split>_score`` and ``delta_vs_baseline`` (model minus
 baseline), go to the sinks configured in the environment (:func:`kftune.io.metrics.sinks_from_env`).
+
+A corpus prepared from several corpora (``spec.corpus.corpora``; each example names its ``corpus``) is
+also scored per corpus, with the same metric: ``result.json`` ``corpora`` (``{corpus: {examples,
+score}}``), a "Per corpus" table in ``report.md``, and metrics ``<split>_score_<corpus>`` (the corpus
+name with every character but letters, digits and ``_`` made ``_``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -222,6 +228,9 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     prefix = config.split
     metrics = {f"{prefix}_score": evaluation.main_score, f"{prefix}_accuracy": evaluation.accuracy,
                f"{prefix}_f1_micro": evaluation.micro.f1, f"{prefix}_f1_macro": evaluation.macro.f1}
+    corpora = _scores_by_corpus(examples, gold, predicted, task_type, tag_scheme, label_type, sorted(model.labels))
+    for name, entry in corpora.items():
+        metrics[f"{prefix}_score_{_metric_suffix(name)}"] = entry["score"]
     rate = len(examples) / seconds if seconds > 0 else 0.0
     baseline = None
     if config.baseline:
@@ -268,7 +277,7 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
         artifacts["baseline"] = store.uri_for(BASELINE_FILE)
         baseline_md = [""] + comparison_markdown(evaluation.main_score, baseline, config.split)
     put_text(store, REPORT_FILE, _with_baseline(render_markdown(evaluation, title=title), baseline_md)
-             + "\n".join(provenance) + "\n")
+             + _corpora_markdown(corpora, evaluation.main_score_name) + "\n".join(provenance) + "\n")
     artifacts["report"] = store.uri_for(REPORT_FILE)
     record = evaluation.to_dict()
     record.update(split=config.split, model=config.model, corpus=config.corpus, corpus_name=corpus_name,
@@ -276,6 +285,8 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
                   model_metadata=_jsonable(model.metadata), kftune_version=__version__)
     if baseline_record is not None:
         record["baseline"] = baseline_record
+    if corpora:
+        record["corpora"] = corpora
     put_json(store, RESULT_FILE, record)  # last: its presence marks a complete evaluation
     artifacts["result"] = store.uri_for(RESULT_FILE)
 
@@ -290,6 +301,36 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
                  baseline_record["verdict"])
     return EvaluateResult(evaluation=evaluation, out=store.root_uri, artifacts=artifacts, metrics=metrics,
                           seconds=seconds, examples_per_second=rate, baseline=baseline)
+
+
+def _scores_by_corpus(examples: Sequence[Any], gold: Sequence[Any], predicted: Sequence[Any], task_type: str,
+                      tag_scheme: str | None, label_type: str | None, labels: Sequence[str]) -> dict[str, Any]:
+    """``{corpus: {"examples": n, "score": main score}}`` for a split prepared from several corpora, in the
+    order they appear; empty for one corpus."""
+    groups: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        if getattr(example, "corpus", None) is not None:
+            groups.setdefault(example.corpus, []).append(i)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for name, idx in groups.items():
+        part = evaluate_predictions([gold[i] for i in idx], [predicted[i] for i in idx], task_type,
+                                    tag_scheme=tag_scheme, label_type=label_type, labels=labels)
+        out[name] = {"examples": len(idx), "score": part.main_score}
+    return out
+
+
+def _metric_suffix(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _corpora_markdown(corpora: dict[str, Any], metric: str) -> str:
+    if not corpora:
+        return ""
+    lines = ["", "## Per corpus", "", f"| corpus | examples | {metric} |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {entry['examples']} | {entry['score']:.4f} |" for name, entry in corpora.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _with_baseline(report: str, baseline_md: list[str]) -> str:

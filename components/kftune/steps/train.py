@@ -5,7 +5,12 @@ seeds ``seed, seed+1, ...`` and writes under ``--out`` (a directory or ``s3://``
 
     model.pt              the best run's best-dev weights + vocabularies + labels + config (one file)
     loss.tsv              per epoch: epoch, time, learning_rate, train_loss, dev_loss, dev_score, ...
+                          (a corpus prepared from several corpora: also dev_score_<corpus> per corpus)
     training_curve.png    losses and dev score per epoch, learning rate on a second axis
+    weights.tsv           with ``write_weights`` (``train.writeWeights``, ``--write-weights``): every tenth of
+                          an epoch, per parameter tensor: mean, std, norm and 10 sampled values
+                          (:mod:`kftune.nlp.weights`, Flair's weights.txt)
+    weights.png           with ``write_weights``: one small plot per tensor of those values over iterations
     checkpoints/run-N.pt  the last checkpoint of run N (every epoch; on SIGTERM mid-epoch too)
     result.json           the :class:`TrainResult`
 
@@ -79,7 +84,8 @@ class TrainConfig(CheckedConfig):
 @dataclass(frozen=True)
 class TrainResult:
     """What a training produced. ``dev_score`` is the mean of the runs' best dev scores (one run:
-    that run's); the model file holds the best run's best epoch."""
+    that run's); the model file holds the best run's best epoch. ``dev_scores_by_corpus``: for a corpus
+    prepared from several, each one's dev score at the best run's best epoch (empty otherwise)."""
 
     status: str
     task: str
@@ -94,6 +100,7 @@ class TrainResult:
     out_uri: str
     hyperparameters: dict[str, Any]
     trainer: dict[str, Any]
+    dev_scores_by_corpus: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -156,12 +163,19 @@ def _sigterm_to_flag(enabled: bool) -> Iterator[_StopFlag]:
 
 
 def loss_tsv(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["\t".join(LOSS_COLUMNS)]
+    """``loss.tsv``: :data:`LOSS_COLUMNS`, then ``dev_score_<corpus>`` for each corpus of a corpus prepared
+    from several (the rows' ``dev_scores_by_corpus``)."""
+    corpora: list[str] = []
     for r in rows:
+        corpora += [c for c in (r.get("dev_scores_by_corpus") or {}) if c not in corpora]
+    lines = ["\t".join(LOSS_COLUMNS + tuple(f"dev_score_{c}" for c in corpora))]
+    for r in rows:
+        by_corpus = r.get("dev_scores_by_corpus") or {}
         lines.append("\t".join([
             str(r["epoch"]), str(r["timestamp"]), f"{r['learning_rate']:.6g}", f"{r['train_loss']:.6f}",
             f"{r['dev_loss']:.6f}", f"{r['dev_score']:.6f}", f"{r['seconds']:.3f}",
-            f"{r['samples_per_second']:.1f}", str(r["run"])]))
+            f"{r['samples_per_second']:.1f}", str(r["run"])]
+            + [f"{by_corpus[c]:.6f}" if c in by_corpus else "" for c in corpora]))
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +185,14 @@ def _write_plot(store: Any, rows: Sequence[dict[str, Any]], title: str) -> None:
     with tempfile.TemporaryDirectory(prefix="kftune-plot-") as tmp:
         path = plot_training_curve(rows, Path(tmp) / "training_curve.png", title=title)
         store.put_file("training_curve.png", path)
+
+
+def _write_weights_plot(store: Any, rows: Sequence[Sequence[Any]], title: str, run: int) -> None:
+    from kftune.nlp.plots import plot_weights
+
+    with tempfile.TemporaryDirectory(prefix="kftune-plot-") as tmp:
+        path = plot_weights(rows, Path(tmp) / "weights.png", title=title, run=run)
+        store.put_file("weights.png", path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +213,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from kftune.nlp.model_io import save_model
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer, resolve_device
+    from kftune.nlp.weights import WeightTracker, weights_tsv
 
     started = time.perf_counter()
     tcfg = config.trainer
@@ -218,6 +241,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     store = open_store(config.out)
     sink = sinks_from_env("train", run_id=config.run_id, trial=config.trial, jsonl_path=config.metrics_jsonl)
     done_rows: list[dict[str, Any]] = []
+    done_weights: list[list[Any]] = []  # weight statistics of the finished runs (write_weights)
     fits = []
     best_fit_index = 0
     best_state = None
@@ -234,10 +258,17 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                                 k, checkpoints.uri)
                     checkpoints.delete()
                 current: list[Trainer] = []  # the trainer below, once made (its history includes resumed epochs)
+                tracker = WeightTracker(model, run=k) if tcfg.write_weights else None
+                if tracker is not None and tracker.skipped:
+                    log.info("write_weights: tracking the first %d of %d parameter tensors", len(tracker.tensors),
+                             len(tracker.tensors) + tracker.skipped)
 
-                def on_epoch_end(epoch: int, result: Any, _k: int = k, _current: list[Trainer] = current) -> bool:
+                def on_epoch_end(epoch: int, result: Any, _k: int = k, _current: list[Trainer] = current,
+                                 _tracker: Any = tracker) -> bool:
                     rows = done_rows + [h.to_dict() for h in _current[0].history]
                     put_text(store, "loss.tsv", loss_tsv(rows))
+                    if _tracker is not None:
+                        put_text(store, "weights.tsv", weights_tsv(done_weights + _tracker.rows))
                     sink.log({"epoch": epoch, "train_loss": result.train_loss, "dev_loss": result.dev_loss,
                               "dev_score": result.dev_score, "learning_rate": result.learning_rate,
                               "samples_per_second": result.samples_per_second, "epoch_seconds": result.seconds},
@@ -247,10 +278,12 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
                 trainer = Trainer(model, encoder, train_data, dev_data, hp, tcfg, seed=seed, run=k, device=device,
                                   callbacks=[on_epoch_end, *callbacks], checkpoints=checkpoints,
-                                  stop_requested=stop_flag, show_progress=config.show_progress)
+                                  stop_requested=stop_flag, show_progress=config.show_progress, weights=tracker)
                 current.append(trainer)
                 fit = trainer.fit(until_epoch=config.until_epoch, resume=config.resume)
                 done_rows += [h.to_dict() for h in fit.history]
+                if tracker is not None:
+                    done_weights += tracker.rows
                 fits.append(fit)
                 if len(fits) == 1 or fit.best_score > fits[best_fit_index].best_score:
                     best_fit_index = len(fits) - 1
@@ -263,6 +296,11 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     put_text(store, "loss.tsv", loss_tsv(done_rows))
     if done_rows:
         _write_plot(store, done_rows, title=task.corpus_name or task.type)
+    if tcfg.write_weights:
+        put_text(store, "weights.tsv", weights_tsv(done_weights))
+        _write_weights_plot(store, done_weights, title=task.corpus_name or task.type, run=best_fit_index + 1)
+    best_row = next((h for h in best.history if h.epoch == best.best_epoch), None)
+    by_corpus = dict(best_row.dev_scores_by_corpus or {}) if best_row is not None else {}
     scores = tuple(f.best_score for f in fits)
     mean_score = sum(scores) / len(scores)
     status = "paused" if any(f.status == "paused" for f in fits) else best.status
@@ -284,12 +322,14 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         status=status, task=task.type, dev_score=mean_score, dev_scores=scores, best_run=best_fit_index + 1,
         best_epoch=best.best_epoch, epochs=best.epochs, seconds=round(time.perf_counter() - started, 3),
         samples_per_second=round(sum(f.samples_per_second for f in fits) / len(fits), 2), model_uri=model_uri,
-        out_uri=store.root_uri, hyperparameters=hp.to_dict(), trainer=tcfg.to_dict())
+        out_uri=store.root_uri, hyperparameters=hp.to_dict(), trainer=tcfg.to_dict(), dev_scores_by_corpus=by_corpus)
     put_json(store, "result.json", result.to_dict())
     with sinks_from_env("train", run_id=config.run_id, trial=config.trial, jsonl_path=config.metrics_jsonl) as final:
         final.log({"dev_score": mean_score, "epochs": float(best.epochs)}, step=None)
-    log.info("training %s: dev score %.4f (best epoch %d of run %d), model %s", status, mean_score,
-             best.best_epoch, best_fit_index + 1, model_uri)
+    log.info("training %s: dev score %.4f (best epoch %d of run %d)%s, model %s", status, mean_score,
+             best.best_epoch, best_fit_index + 1,
+             "; per corpus " + ", ".join(f"{c} {v:.4f}" for c, v in by_corpus.items()) if by_corpus else "",
+             model_uri)
     return result
 
 
@@ -317,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings-storage-mode", choices=("none", "cpu", "gpu"))
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--until-epoch", type=int, help="stop after this epoch (resume later with --resume)")
+    parser.add_argument("--write-weights", action="store_true", default=None,
+                        help="write weights.tsv and weights.png: weight statistics every tenth of an epoch "
+                             "(spec: train.writeWeights)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints under --out")
     parser.add_argument("--run-id", help="run id for metrics grouping (default $KFTUNE_RUN_ID)")
     parser.add_argument("--trial", help="trial id for metrics grouping")
@@ -342,12 +385,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
         with _local_corpus(args.corpus) as corpus_dir:
             task_type = read_corpus_info(corpus_dir)["task"]
-    hp = Hyperparameters.from_mapping(model_block, task_type, path="spec.model")
-    if args.assignments:
-        hp = hp.with_overrides(parse_assignments(args.assignments), path="--set")
+    # --set over the spec's model block, both over the task's defaults (the fine-tune preset when they fine-tune
+    # a transformer, e.g. --set transformer=DIR)
+    hp = Hyperparameters.from_mapping(model_block, task_type, path="spec.model",
+                                      overrides=parse_assignments(args.assignments), overrides_path="--set")
     flags = {"max_epochs": args.max_epochs, "patience": args.patience, "training_runs": args.training_runs,
              "seed": args.seed, "device": args.device, "precision": args.precision,
-             "embeddings_storage_mode": args.embeddings_storage_mode, "num_threads": args.threads}
+             "embeddings_storage_mode": args.embeddings_storage_mode, "num_threads": args.threads,
+             "write_weights": args.write_weights}
     trainer = TrainerConfig.from_mapping(train_block, path="spec.train")
     trainer = TrainerConfig.from_mapping({k: v for k, v in flags.items() if v is not None}, path="flags",
                                          base=trainer)
