@@ -9,23 +9,30 @@ calls the step's ``run()``, and logs the result to KFP's typed outputs. Compilin
 neither torch nor the steps. The first docstring line of a component is its description; the
 ``Args:`` entries become the descriptions of its inputs.
 
-Data flow (see :mod:`kftune.pipelines.pipeline`):
+Each body parses its inputs (the effective spec from the ``job_spec`` artifact, JSON parameters), calls
+one step, and logs the result; the logic lives in the steps, which are tested without KFP. Data flow
+(see :mod:`kftune.pipelines.pipeline`):
 
-- ``resolve-spec`` applies the run's parameters to the TuningJob spec, validates it, and decides the
-  run id; its ``job_spec`` artifact (the effective spec as JSON) feeds every later step;
-- ``prepare-corpus`` (the only cached task) writes the corpus as a ``Dataset`` directory;
-- ``lr-range-test`` runs the LR range test, hands its range to the search space, narrows the space
-  around earlier runs' best trials for a warm start, and writes it to the store
-  (``runs/<run>/search/space.json``);
-- per round, ``suggest`` plans the round (:func:`kftune.core.search_policy.SearchPolicy.plan`) and
-  returns it in batches of ``parallel_trials``; ``trial`` trains one request
-  (:func:`kftune.steps.trial.run`) and writes its record to the store; the last round re-trains the
-  finalists;
-- ``select-best`` names the winner (:func:`kftune.core.search_policy.select_best`),
-  ``final-training`` trains it (and returns the model's URI in the store), ``evaluate`` scores it on
-  the test split, ``report`` writes the report;
+- ``resolve-spec`` (:func:`kftune.steps.resolve.run`) applies the run's parameters to the TuningJob spec,
+  validates it, sizes the search in rounds and decides the run id; its ``job_spec`` artifact (the
+  effective spec as JSON) feeds every later step;
+- ``prepare-corpus`` (:func:`kftune.steps.corpus.run`, the only cached task) writes the corpus as a
+  ``Dataset`` directory;
+- ``lr-range-test`` (:func:`kftune.steps.search_space.run`) runs the LR range test, hands its range to the
+  search space, narrows the space around earlier runs' best trials for a warm start, and writes it to
+  the run's journal (``runs/<run>/search/space.json``);
+- per round, ``suggest`` (:func:`kftune.steps.suggest.run`) plans the round with the planner rule that
+  ``kftune search`` uses (:meth:`kftune.core.search_policy.SearchPolicy.plan_round`) and returns it in
+  batches of ``parallel_trials``; ``trial`` (:func:`kftune.steps.trial.run_planned`) trains one request
+  and writes its record to the journal; the last round re-trains the finalists;
+- ``select-best`` (:func:`kftune.steps.select_best.run`) names the winner and writes ``best.json`` (the
+  schema ``kftune search`` writes), ``final-training`` (:func:`kftune.steps.train.run`) trains it (and
+  returns the model's URI in the store), ``evaluate`` scores it on the test split, ``report`` writes the
+  report;
 - ``deploy`` (only when the run's ``deploy`` parameter is true) creates or patches the KServe
   InferenceService that serves the final model (:func:`kftune.steps.deploy.run`).
+
+Every ``runs/<run>/...`` object is reached through :class:`kftune.io.journal.RunJournal`.
 
 Data inside a ``ParallelFor`` travels in the loop items and in artifacts only: KFP 2.17's local runner
 replaces every task-output *parameter* that enters a loop by the loop item (see docs/design/kfp.md), so
@@ -68,7 +75,7 @@ def resolve_spec(
     Args:
         spec: The TuningJob spec as JSON (kftune run and kftune submit fill it from the spec file).
         corpus: A registered corpus name (TREC_6, WNUT_17, UD_ENGLISH, ...) or a corpus URI; empty keeps
-            the spec's corpus.
+            the spec's corpus (or corpora); another replaces them.
         downsample: Fraction of train and dev to keep, in (0, 1]; 0 keeps the spec's corpus.downsample.
         max_trials: The search's maxTrialCount; 0 keeps the spec's.
         parallel_trials: The search's parallelTrialCount (trials at once); 0 keeps the spec's.
@@ -81,165 +88,17 @@ def resolve_spec(
     """
     import collections
     import json
-    import math
-    import random
-    import re
 
-    from kftune.core.errors import ConfigError, Problem
-    from kftune.core.search_policy import SearchPolicy
-    from kftune.core.spec import job_to_dict, parse_spec
-    from kftune.core.trials import Trial
-    from kftune.io.specfile import model_hooks
+    from kftune.steps import resolve as step
 
-    problems = []
-    try:
-        data = json.loads(spec)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError([Problem("parameter spec", f"not JSON ({exc}); pass the TuningJob as JSON "
-                                                     "(kftune run and kftune submit do)")]) from None
-    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
-        raise ConfigError([Problem("parameter spec", "not a TuningJob: a JSON object with apiVersion, kind, "
-                                                     "metadata and spec")])
-    body = data["spec"]
-
-    def section(key):
-        value = body.get(key)
-        if value is None:
-            value = body[key] = {}
-        if not isinstance(value, dict):
-            raise ConfigError([Problem(f"spec.{key}", "must be a mapping")])
-        return value
-
-    if not isinstance(corpus, str):
-        problems.append(Problem("parameter corpus", f"{corpus!r} is not a string"))
-    elif corpus.strip() and corpus.strip() not in (section("corpus").get("name"), section("corpus").get("uri")):
-        # another corpus than the spec's (the spec's own keeps every setting: tokenizer, labelMap, ...)
-        value = corpus.strip()
-        block = section("corpus")
-        keep = {k: block[k] for k in ("downsample", "devFraction", "seed") if k in block}
-        if "://" in value or "/" in value or value.startswith("."):  # a URI or a path, not a registered name
-            if block.get("name") is not None:  # a registered corpus has no format options to keep
-                block = {}
-            block.pop("name", None)
-            block["uri"] = value
-        else:
-            block = {"name": value}
-        block.update(keep)
-        body["corpus"] = block
-    if downsample < 0 or downsample > 1:
-        problems.append(Problem("parameter downsample", f"{downsample} is not in (0, 1]; 0 keeps the spec's value"))
-    elif downsample > 0:
-        section("corpus")["downsample"] = float(downsample)
-    for name, value, where, key in (("max_trials", max_trials, "search", "maxTrialCount"),
-                                    ("parallel_trials", parallel_trials, "search", "parallelTrialCount"),
-                                    ("max_epochs", max_epochs, "train", "maxEpochs")):
-        if value < 0:
-            problems.append(Problem(f"parameter {name}", f"{value} is negative; 0 keeps the spec's {where}.{key}"))
-        elif value > 0:
-            section(where)[key] = int(value)
-    rule = section("search").get("earlyStopping")
-    if max_epochs > 0 and isinstance(rule, dict) and isinstance(rule.get("algorithmSettings"), list):
-        for setting in rule["algorithmSettings"]:  # fewer epochs: the last rung comes down with them
-            if isinstance(setting, dict) and setting.get("name") == "max_budget":
-                try:
-                    if int(str(setting.get("value"))) > max_epochs:
-                        setting["value"] = str(int(max_epochs))
-                except ValueError:
-                    pass  # the spec's own check reports it
-    if seed < -1:
-        problems.append(Problem("parameter seed", f"{seed} is below -1; -1 keeps the spec's seeds"))
-    elif seed >= 0:
-        section("corpus")["seed"] = int(seed)
-        section("train")["seed"] = int(seed)
-    store = (store or "").strip().rstrip("/")
-    if not store:
-        problems.append(Problem("parameter store", "empty: give the store root, e.g. s3://kftune/tuning"))
-    elif "://" in store and not store.startswith(("s3://", "file://")):
-        problems.append(Problem("parameter store", f"{store!r}: use s3://bucket/prefix or a local path"))
-    run = (run_id or "").strip() or (job_id or "").strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", run):
-        problems.append(Problem("parameter run_id", f"{run!r} cannot name a store folder: use letters, digits, "
-                                                    "'.', '_' and '-'"))
-    if problems:
-        raise ConfigError(problems)
-
-    validator, names = model_hooks()
-    job = parse_spec(data, source="the spec with this run's parameters", model_validator=validator,
-                     hyperparameter_names=names)
-    policy = SearchPolicy.from_job(job)
-
-    # Simulate the search: the same planning rule as the suggest step (a round's width is
-    # max(parallel, ceil(remaining trials / rounds left))), with results that never reach the goal.
-    def simulate(rounds):
-        history, by_id = [], {}
-        goal = job.spec.search.objective.goal
-        sign = 1.0 if policy.objective_type == "maximize" else -1.0
-        for r in range(rounds):
-            remaining = max(0, policy.max_trials - len(history))
-            width = max(policy.parallel, -(-remaining // max(1, rounds - r)))
-            requests = policy.plan(history, r, width)
-            if not requests:
-                return True
-            for q in requests:
-                value = random.Random(q.index).uniform(0.2, 0.8)
-                if goal is not None:
-                    value = goal - sign * (1.0 + value)
-                state = "completed" if q.budget >= policy.max_budget else "pruned"
-                trial = Trial(id=q.trial_id, assignment=dict(q.assignment), state=state, objective=value,
-                              intermediate=tuple((e, value) for e in range(1, q.budget + 1)), budget=q.budget,
-                              extra={"index": q.index, "budget_asked": q.budget})
-                if q.trial_id in by_id:
-                    history[by_id[q.trial_id]] = trial
-                else:
-                    by_id[q.trial_id] = len(history)
-                    history.append(trial)
-        return not policy.plan(history, rounds, policy.parallel)
-
-    limit = 256
-    if search_rounds > 0:
-        if not simulate(search_rounds):
-            needed = next((r for r in range(search_rounds + 1, limit + 1) if simulate(r)), None)
-            raise ConfigError([Problem(
-                "spec.search", f"this search needs {needed or f'more than {limit}'} rounds, but the pipeline was "
-                               f"compiled with {search_rounds} (one per suggest -> trials -> barrier): use `kftune "
-                               "submit` or `kftune run`, which compile for the spec, or `kftune compile --rounds "
-                               f"{needed or limit}`")])
-        rounds = search_rounds
-    else:
-        # as many rounds as the local search uses (parallelTrialCount requests each), more when the
-        # early-stopping rungs need them
-        rounds = min(limit, math.ceil(policy.max_trials / policy.parallel))
-        while not simulate(rounds):
-            if rounds >= limit:
-                raise ConfigError([Problem("spec.search", f"the search does not end within {limit} rounds")])
-            rounds += 1
-        rule = policy.halving
-        if rule is not None and not rule.synchronous:
-            # asha promotes as results arrive, so how many promotions remain depends on the results:
-            # room for one more chain of promotions through every rung
-            rounds = min(limit, rounds + len(rule.rungs()) - 1)
-
-    effective = job_to_dict(job)
+    r = step.run(step.ResolveConfig(spec=spec, corpus=corpus, downsample=downsample, max_trials=max_trials,
+                                    parallel_trials=parallel_trials, max_epochs=max_epochs, seed=seed, store=store,
+                                    run_id=run_id, job_id=job_id, search_rounds=search_rounds))
     with open(job_spec.path, "w", encoding="utf-8") as f:
-        json.dump(effective, f, indent=2, sort_keys=True)
-    job_spec.metadata.update({"name": job.name, "run_id": run})
-    c, task = job.spec.corpus, job.spec.task
-    text = c.text_column
-    corpus_config = {
-        "name": c.name, "uri": c.uri, "train": c.train, "dev": c.dev, "test": c.test, "format": c.format,
-        "sha256": c.sha256,
-        "text_columns": [str(t) for t in (text if isinstance(text, tuple) else (text,))] if text is not None else [],
-        "label_column": None if c.label_column is None else str(c.label_column),
-        "label_map": dict(c.label_map) if c.label_map is not None else None, "label_prefix": c.label_prefix,
-        "token_column": c.token_column, "delimiter": c.delimiter, "header": c.header, "quoting": c.quoting,
-        "encoding": c.encoding, "label_type": task.label_type, "tag_scheme": c.tag_scheme or "auto",
-        "tokenizer": c.tokenizer.to_spec() if c.tokenizer is not None else None,
-        "downsample": c.downsample, "dev_fraction": c.dev_fraction, "seed": c.seed,
-        # a URI without a sha256 is taken as given: the spec names no checksum to verify it against
-        "allow_unverified": c.uri is not None and c.sha256 is None,
-    }
+        json.dump(r.spec, f, indent=2, sort_keys=True)
+    job_spec.metadata.update({"name": r.job.name, "run_id": r.run_id})
     out = collections.namedtuple("Resolved", ["spec", "corpus_config", "run_id", "store", "search_rounds"])
-    return out(json.dumps(effective, sort_keys=True), json.dumps(corpus_config, sort_keys=True), run, store, rounds)
+    return out(r.spec_json, r.corpus_config_json, r.run_id, r.store, r.search_rounds)
 
 
 def prepare_corpus(corpus_config: str, corpus: Output[Dataset], card: Output[Markdown], metrics: Output[Metrics]):
@@ -288,86 +147,21 @@ def lr_range_test(
         store: The store root (resolve-spec's store).
         warm_start: Narrow the space around the best trials that earlier runs under the same store root recorded.
     """
-    import html
     import json
-    import re
-    import tempfile
     from pathlib import Path
 
-    from kftune.core.lr_handoff import apply_lr_range
-    from kftune.core.search_policy import search_prefix
-    from kftune.core.space import SearchSpace, narrow
     from kftune.core.spec import parse_spec
-    from kftune.core.trials import Trial, ranked
-    from kftune.io.store import open_store, put_json
+    from kftune.steps import search_space as step
 
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    search = job.spec.search
-    space = SearchSpace.from_parameters(search.parameters)
-    lines = ["# Learning-rate range test", ""]
-    cfg = job.spec.lr_range_test
     Path(lr_test.path).mkdir(parents=True, exist_ok=True)
-    if cfg.enabled:
-        from kftune.steps import lr_find
-
-        with tempfile.TemporaryDirectory(prefix="kftune-lr-") as tmp:
-            spec_file = Path(tmp) / "spec.json"
-            spec_file.write_text(Path(job_spec.path).read_text(encoding="utf-8"), encoding="utf-8")
-            result = lr_find.run(lr_find.LrFindConfig(corpus=corpus.path, out=lr_test.path, spec=str(spec_file)))
-        params, note = apply_lr_range(space.to_parameters(), result.record, cfg.apply_to)
-        space = SearchSpace(SearchSpace.from_parameters(params).parameters, space.notes + (note["reason"],))
-        out = Path(lr_test.path)
-        Path(curve.path).write_text((out / "summary.html").read_text(encoding="utf-8"), encoding="utf-8")
-        lines = [(out / "summary.md").read_text(encoding="utf-8").rstrip(), ""]
-        for name, value in result.metrics.items():
-            metrics.log_metric(name, value)
-    else:
-        text = "The LR range test is off (spec.lrRangeTest.enabled: false): the search uses the spec's space."
-        lines += [text, ""]
-        Path(curve.path).write_text(f"<html><body><p>{html.escape(text)}</p></body></html>\n", encoding="utf-8")
-
-    if warm_start:
-        root = open_store(store)
-        pattern = re.compile(r"runs/([^/]+)/search/trials/[^/]+\.json")
-        earlier = []
-        for key in root.list("runs"):
-            m = pattern.fullmatch(key)
-            if m is None or m.group(1) == run_id:
-                continue
-            try:
-                record = json.loads(root.get_bytes(key).decode("utf-8"))
-                t = Trial.from_dict(record)
-            except Exception as exc:  # noqa: BLE001 - an unreadable record of another run is skipped
-                print(f"warm start: skipping {root.uri_for(key)}: {exc}")
-                continue
-            if record.get("objective_metric", search.objective.objective_metric_name) == \
-                    search.objective.objective_metric_name:
-                earlier.append((m.group(1), t))
-        settings = search.algorithm.settings()
-        top_k = int(settings.get("top_k", 3))
-        shrink = float(settings.get("shrink", 0.5))
-        best = ranked([t for _, t in earlier], search.objective.type, ("completed", "pruned"))[:top_k]
-        centers = {}
-        for p in space:
-            values = [t.assignment[p.name] for t in best if p.name in t.assignment and p.contains(t.assignment[p.name])]
-            if values:
-                centers[p.name] = values
-        runs = sorted({r for r, t in earlier})
-        if centers:
-            space = narrow(space, centers, shrink, reason=f"warm start: the best {len(best)} of {len(earlier)} "
-                                                          f"trials of earlier runs {', '.join(runs)}")
-        else:
-            space = SearchSpace(space.parameters, space.notes + (
-                "warm start: no earlier trial with a result under this store root; the search starts cold",))
-
-    document = {"parameters": space.to_katib(), "notes": list(space.notes)}
-    put_json(open_store(store), f"{search_prefix(run_id)}/space.json", document)
-    lines += ["## Search space", "", "| parameter | type | feasible space |", "| --- | --- | --- |"]
-    for p in document["parameters"]:
-        lines.append(f"| {p['name']} | {p['parameterType']} | `{json.dumps(p['feasibleSpace'], sort_keys=True)}` |")
-    lines += [""] + [f"- {n}" for n in document["notes"]]
-    Path(summary.path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return json.dumps(document, sort_keys=True)
+    result = step.run(step.SearchSpaceConfig(corpus=corpus.path, store=store, run_id=run_id, lr_out=lr_test.path,
+                                             warm_start=warm_start), job=job)
+    Path(curve.path).write_text(result.html, encoding="utf-8")
+    Path(summary.path).write_text(result.markdown, encoding="utf-8")
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    return json.dumps(result.document, sort_keys=True)
 
 
 def suggest(
@@ -386,13 +180,13 @@ def suggest(
     """Plan one search round from the trial journal: new trials and promotions (or the finalists'
     extra runs), in batches of parallel_trials.
 
-    A round is as wide as max(parallel_trials, ceil(remaining trials / rounds left)), so the search
-    ends within the pipeline's rounds. The round's plan is written to the store
-    (runs/<run_id>/search/rounds/). A round with nothing to do returns one "skip" item: a ParallelFor
-    must not run over an empty list.
+    The planner rule is kftune search's (kftune.core.search_policy.SearchPolicy.plan_round): a round is as
+    wide as max(parallelTrialCount, ceil(remaining trials / rounds left)), so the search ends within the
+    pipeline's rounds. The round's plan is written to the store (runs/<run_id>/search/rounds/). A round
+    with nothing to do returns one "skip" item: a ParallelFor must not run over an empty list.
 
     Args:
-        search_space: The search space as JSON (lr-range-test's output).
+        search_space: The search space as JSON (lr-range-test's output; the journal's space.json is read).
         round_index: This round's number (0-based).
         search_rounds: The pipeline's number of search rounds (the finalists' round comes after them).
         parallel_trials: Trials at once: the batch width (0: the spec's parallelTrialCount).
@@ -404,50 +198,18 @@ def suggest(
     import json
     from pathlib import Path
 
-    from kftune.core.search_policy import SearchPolicy, history_from_records, round_key, search_prefix
-    from kftune.io.lease import hold_for_pipeline, pipeline_owner
-    from kftune.core.space import SearchSpace
     from kftune.core.spec import parse_spec
-    from kftune.io.store import get_json, open_store, put_json
+    from kftune.steps import suggest as step
 
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    document = json.loads(search_space)
-    space = SearchSpace.from_katib(document["parameters"])
-    root = open_store(store)
-    hold_for_pipeline(root, run_id, pipeline_owner(lease_owner, job_id))  # one driver per run: or it fails here
-    prefix = f"{search_prefix(run_id)}/trials"
-    records = [get_json(root, key) for key in root.list(prefix) if key.endswith(".json")]
-    trials = history_from_records(records)
-    running = [t.id for t in trials if t.state == "running"]
-    if running:  # every trial task of the previous round has ended (the barrier): someone else writes this run
-        from kftune.core.errors import DataError
-
-        raise DataError(
-            f"trial record(s) {', '.join(running)} of run {run_id!r} say running, but every trial task of this "
-            f"pipeline's earlier rounds has ended: another driver (a second pipeline run or `kftune search` with "
-            f"the same run id) is writing this run, or a trial pod died without a result. Give this run its own "
-            f"run_id, or delete those records to have them re-run ({root.uri_for(prefix)})")
-    policy = SearchPolicy.from_job(job, space=space)
-    width = parallel_trials if parallel_trials > 0 else policy.parallel
-    if finalists:
-        requests = [r.to_dict() for r in policy.finalist_requests(trials, round_index)]
-        why = "no finalist re-runs (search.finalists is 0, finalistRuns adds no seed, or nothing completed)"
-    else:
-        remaining = max(0, policy.max_trials - len(trials))
-        n = max(width, -(-remaining // max(1, search_rounds - round_index)))
-        requests = [r.to_dict() for r in policy.plan(trials, round_index, n)]
-        why = f"the search is over ({policy.end_reason(trials)})" if not requests else ""
-    put_json(root, round_key(run_id, round_index), {
-        "round": round_index, "kind": "finalists" if finalists else "search", "requests": requests,
-        "history": len(trials), "previous_round": [json.loads(x) for batch in history for x in batch],
-        "note": why or None})
-    promotions = sum(r["promotion"] for r in requests)
-    print(f"round {round_index}: {len(requests)} request(s) ({promotions} promotion(s)) from {len(trials)} trial(s)"
-          + (f"; {why}" if why else ""))
-    items = [json.dumps({"run_id": run_id, "store": store, "request": r}, sort_keys=True) for r in requests]
-    if not items:
-        items = [json.dumps({"skip": True, "round": round_index, "reason": why}, sort_keys=True)]
-    return [items[i:i + width] for i in range(0, len(items), width)]
+    result = step.run(step.SuggestConfig(store=store, run_id=run_id, round_index=round_index,
+                                         search_rounds=search_rounds, finalists=finalists, lease_owner=lease_owner,
+                                         job_id=job_id), job=job)
+    print(f"round {round_index}: {len(result.requests)} request(s) "
+          f"({sum(r.promotion for r in result.requests)} promotion(s)) from {result.history} trial(s)"
+          + (f"; {result.note}" if result.note else ""))
+    return result.batches(parallel_trials if parallel_trials > 0 else job.spec.search.parallel_trial_count,
+                          run_id, store)
 
 
 def trial(job_spec: Input[Artifact], corpus: Input[Dataset], item: str, metrics: Output[Metrics]) -> str:
@@ -469,21 +231,13 @@ def trial(job_spec: Input[Artifact], corpus: Input[Dataset], item: str, metrics:
         metrics.log_metric("skipped", 1)
         return json.dumps({"skip": True, "round": data.get("round")})
 
-    from kftune.core.search_policy import TrialRequest, history_from_records, search_prefix
+    from kftune.core.search_policy import TrialRequest
     from kftune.core.spec import parse_spec
-    from kftune.io.store import get_json, open_store
     from kftune.steps import trial as step
 
     request = TrialRequest.from_dict(data["request"])
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    root = open_store(data["store"])
-    prefix = f"{search_prefix(data['run_id'])}/trials"
-    judged = history_from_records(get_json(root, k) for k in root.list(prefix) if k.endswith(".json"))
-    result = step.run(step.TrialConfig(
-        corpus=corpus.path, store=data["store"], run_id=data["run_id"], trial_id=request.trial_id,
-        assignment=request.assignment, budget=request.budget, resume=True, seeds=request.seeds,
-        kind=request.kind, index=request.index, round=request.round, promotion=request.promotion,
-        show_progress=False), job=job, store=root, stop_history=[t for t in judged if t.id != request.trial_id])
+    result = step.run_planned(request, corpus=corpus.path, store=data["store"], run_id=data["run_id"], job=job)
     record = result.record
     if record.get("objective") is not None:
         metrics.log_metric("objective", record["objective"])
@@ -505,58 +259,25 @@ def select_best(
     metrics: Output[Metrics],
 ) -> str:
     """Name the winner: the finalist with the best mean objective over seeds (else the best trial),
-    from the trial journal; write the trials table and plot.
+    from the trial journal; write best.json (the schema kftune search writes), the trials table and plot.
 
     Args:
-        search_space: The search space as JSON (lr-range-test's output).
+        search_space: The search space as JSON (lr-range-test's output; the journal's space.json is read).
         history: The last round's results (the barrier; the journal in the store is what counts).
     """
     import json
     from pathlib import Path
 
-    from kftune.core.errors import DataError
-    from kftune.core.search_policy import history_from_records
-    from kftune.core.search_policy import select_best as choose
-    from kftune.core.search_policy import search_prefix
-    from kftune.core.space import SearchSpace
     from kftune.core.spec import parse_spec
-    from kftune.io.store import get_json, open_store, put_json
-    from kftune.steps.report import markdown_to_html, trials_markdown, trials_png
+    from kftune.steps import select_best as step
 
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    space = SearchSpace.from_katib(json.loads(search_space)["parameters"])
-    root = open_store(store)
-    prefix = search_prefix(run_id)
-    records = [get_json(root, k) for k in root.list(f"{prefix}/trials") if k.endswith(".json")]
-    finals = [get_json(root, k) for k in root.list(f"{prefix}/finalists") if k.endswith(".json")]
-    trials = history_from_records(records)
-    winner = choose(job, trials, finals, space=space)
-    if winner is None:
-        states = ", ".join(f"{t.id} {t.state}" + (f" ({t.reason})" if t.reason else "") for t in trials) or "none"
-        raise DataError(f"no trial of run {run_id} has a result, so there is nothing to train: {states}")
-    put_json(root, f"{prefix}/best.json", winner)
-    objective = job.spec.search.objective
-    lines = ["# Trials", "", f"Winner: **{winner['trial_id']}**, {objective.objective_metric_name} "
-             f"{winner['objective']:.4f} ± {winner['spread']:.4f} over {len(winner['values'])} run(s) "
-             f"(chosen on {winner['chosen_on']}): "
-             + ", ".join(f"{k}={v}" for k, v in winner["assignment"].items()), ""]
-    lines += trials_markdown(trials, winner["trial_id"])
-    if winner["candidates"]:
-        lines += ["", "## Finalists", "", "| trial | mean | spread | values | seeds |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['trial_id']} | {c['objective']:.4f} | {c['spread']:.4f} | "
-                  f"{', '.join(f'{v:.4f}' for v in c['values'])} | {', '.join(map(str, c['seeds']))} |"
-                  for c in winner["candidates"]]
-    text = "\n".join(lines) + "\n"
-    Path(table.path).write_text(text, encoding="utf-8")
-    images = {"trials.png": trials_png(trials, objective.type, objective.objective_metric_name)} if trials else {}
-    page = markdown_to_html(text + ("\n![trials](trials.png)\n" if images else ""), images, "kftune trials")
-    Path(plot.path).write_text(page, encoding="utf-8")
-    metrics.log_metric("best_objective", winner["objective"])
-    metrics.log_metric("best_spread", winner["spread"])
-    for state in ("completed", "pruned", "failed"):
-        metrics.log_metric(f"trials_{state}", sum(t.state == state for t in trials))
-    return json.dumps(winner, sort_keys=True)
+    result = step.run(step.SelectBestConfig(store=store, run_id=run_id), job=job)
+    Path(table.path).write_text(result.markdown, encoding="utf-8")
+    Path(plot.path).write_text(result.html, encoding="utf-8")
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    return json.dumps(result.best, sort_keys=True)
 
 
 def final_training(
@@ -573,7 +294,8 @@ def final_training(
     assignment) for train.maxEpochs; returns the model's URI in the store (runs/<run_id>/final/model.pt).
 
     Checkpoints go to the store (runs/<run_id>/final/), so a retried task continues from the last
-    epoch; the model directory holds model.pt, result.json, loss.tsv and training_curve.png.
+    epoch; the model directory holds model.pt, result.json, loss.tsv and training_curve.png (and, with
+    train.writeWeights, weights.tsv and weights.png).
 
     Args:
         best: The winner as JSON (select-best's output).
@@ -585,6 +307,7 @@ def final_training(
     from pathlib import Path
 
     from kftune.core.spec import parse_spec
+    from kftune.io.journal import RunJournal
     from kftune.io.store import open_store
     from kftune.nlp.config import Hyperparameters, TrainerConfig
     from kftune.steps import train as step
@@ -594,14 +317,14 @@ def final_training(
     hp = Hyperparameters.from_mapping({**dict(job.spec.model), **winner["assignment"]}, job.spec.task.type,
                                       path="final.hyperparameters")
     trainer = TrainerConfig(**dataclasses.asdict(job.spec.train))
-    out = f"{store}/runs/{run_id}/final"
+    out = RunJournal.open(store, run_id).run_uri("final")
     result = step.run(step.TrainConfig(corpus=corpus.path, out=out, hyperparameters=hp, trainer=trainer,
                                        task_type=job.spec.task.type, resume=True, run_id=run_id, trial="final",
                                        show_progress=False))
     source = open_store(out)
     target = Path(model.path)
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "result.json", "loss.tsv", "training_curve.png"):
+    for name in ("model.pt", "result.json", "loss.tsv", "training_curve.png", "weights.tsv", "weights.png"):
         if source.exists(name):
             source.get_file(name, target / name)
     model.metadata.update({"framework": "pytorch", "task": result.task, "dev_score": result.dev_score,
@@ -688,16 +411,18 @@ def report(
     import tempfile
     from pathlib import Path
 
+    from kftune.io.journal import RunJournal
     from kftune.steps import report as step
 
+    journal = RunJournal.open(store, run_id)
     with tempfile.TemporaryDirectory(prefix="kftune-report-") as tmp:
         spec_file, best_file = Path(tmp) / "spec.json", Path(tmp) / "best.json"
         shutil.copyfile(job_spec.path, spec_file)
         best_file.write_text(best, encoding="utf-8")
         lr = lr_test.path if (Path(lr_test.path) / "result.json").is_file() else None
         result = step.run(step.ReportConfig(
-            out=f"{store}/runs/{run_id}/report", corpus=corpus.path, lr_find=lr,
-            trials=f"{store}/runs/{run_id}/search/trials", best=str(best_file), train=model.path,
+            out=journal.run_uri("report"), corpus=corpus.path, lr_find=lr,
+            trials=journal.run_uri("search/trials"), best=str(best_file), train=model.path,
             evaluation=evaluation.path, spec=str(spec_file)))
         from kftune.io.store import open_store
 
@@ -706,7 +431,7 @@ def report(
         out.get_file(step.REPORT_HTML, page.path)
     from kftune.io.lease import pipeline_owner, release_for_pipeline
 
-    release_for_pipeline(open_store(store), run_id, pipeline_owner(lease_owner, job_id))
+    release_for_pipeline(journal.store, run_id, pipeline_owner(lease_owner, job_id))
     summary = dict(result.summary)
     summary["run_id"] = run_id
     summary["store"] = store

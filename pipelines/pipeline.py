@@ -12,7 +12,8 @@ Why this shape (measured with kfp 2.17, docs/design/kfp.md):
 - **Rounds are unrolled at compile time.** A KFP DAG is static, so the pipeline has a fixed number R
   of search rounds (suggest -> trials -> barrier) plus one finalists round. ``suggest`` sizes each
   round so that the search ends within R rounds (``max(parallel, ceil(remaining / rounds left))``
-  requests), coarse-to-fine rounds and successive-halving rungs fall on round boundaries, and a round
+  requests: :meth:`kftune.core.search_policy.SearchPolicy.plan_round`, the rule ``kftune search`` plans
+  with too), coarse-to-fine rounds and successive-halving rungs fall on round boundaries, and a round
   with nothing left to do runs one skip item. ``resolve-spec`` simulates the search with the same rule
   and refuses a spec that needs more than R rounds. ``kftune run``/``kftune submit`` compile the pipeline
   with as many rounds as the spec's search has (:func:`rounds_for`); the committed YAML, for upload in
@@ -386,7 +387,7 @@ def arguments_for_spec(job: Any, *, variant: str = "cpu", store: str = DEFAULT_S
         raise ConfigError(problems)
     seed = spec.train.seed if spec.train.seed == spec.corpus.seed else -1
     arguments: dict[str, Any] = {
-        "spec": json.dumps(job_to_dict(job), sort_keys=True), "corpus": spec.corpus.name or spec.corpus.uri,
+        "spec": json.dumps(job_to_dict(job), sort_keys=True), "corpus": spec.corpus.name or spec.corpus.uri or "",
         "downsample": float(spec.corpus.downsample), "max_trials": spec.search.max_trial_count,
         "parallel_trials": spec.search.parallel_trial_count, "max_epochs": spec.train.max_epochs, "seed": seed,
         "store": store, "run_id": run_id, "warm_start": bool(warm_start)}

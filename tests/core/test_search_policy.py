@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from kftune.core.errors import ConfigError, DataError
-from kftune.core.search_policy import (SearchPolicy, TrialRequest, checkpoint_key, finalist_key, history_from_records,
-                                       round_key, run_objective, select_best, suggest_round, trial_id_for, trial_key)
+from kftune.core.errors import DataError
+from kftune.core.search_policy import (SearchPolicy, TrialRequest, history_from_records, run_objective, select_best,
+                                       suggest_round, trial_id_for)
 from kftune.core.spec import parse_spec
 from kftune.core.trials import Trial
 
@@ -50,15 +50,9 @@ def done(policy: SearchPolicy, requests: list[TrialRequest], history: list[Trial
     return sorted(by_id.values(), key=lambda t: t.extra["index"])
 
 
-def test_keys_ids_and_requests_round_trip() -> None:
-    assert trial_key("r1", "trial-0001") == "runs/r1/search/trials/trial-0001.json"
-    assert checkpoint_key("r1", "t", 3) == "runs/r1/search/checkpoints/t/seed-3.pt"
-    assert finalist_key("r1", "t", [4]) == "runs/r1/search/finalists/t/seed-4.json"
-    assert round_key("r1", 2) == "runs/r1/search/rounds/round-0002.json"
+def test_ids_and_requests_round_trip() -> None:
+    """(The store keys are kftune.io.journal's: tests/io/test_journal.py.)"""
     assert trial_id_for(0) == "trial-0001"
-    for bad in ("a/b", "", "..", ".hidden"):
-        with pytest.raises(ConfigError):
-            trial_key("r1", bad)
     r = TrialRequest("t", 0, {"x": 1.5}, 3, round=1, promotion=True, kind="finalist", seeds=(2,))
     assert TrialRequest.from_dict(r.to_dict()) == r
     with pytest.raises(DataError):
@@ -204,3 +198,44 @@ def test_history_from_records_is_in_creation_order() -> None:
                {"id": "z", "assignment": a, "state": "running"},
                {"id": "a", "index": 0, "assignment": a, "state": "failed"}]
     assert [t.id for t in history_from_records(records)] == ["a", "b", "z"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The one planner rule: round widths and the rounds a search needs
+# --------------------------------------------------------------------------------------------------
+
+def test_round_width_ends_the_search_within_its_rounds() -> None:
+    policy = SearchPolicy.from_job(job())  # parallel 2, max 6
+    assert policy.round_width(0, 0, 3) == 2  # 6 trials in 3 rounds: parallel suffices
+    assert policy.round_width(0, 0, 2) == 3  # 6 in 2 rounds: wider than parallel
+    assert policy.round_width(5, 1, 2) == 2  # never narrower than parallel
+    assert policy.round_width(6, 5, 2) == 2  # past the last round: rounds left counts as 1
+    assert policy.plan_round([], 2, 2) == []  # nothing from round R on
+    assert [len(policy.plan_round([], 0, r)) for r in (1, 2, 3)] == [6, 3, 2]
+
+
+@pytest.mark.parametrize("es, extra", [
+    (None, 0), (("successive-halving", {"eta": "2", "min_budget": "1", "max_budget": "4"}), 0),
+    (("asha", {"eta": "2", "min_budget": "1", "max_budget": "4"}), 2),
+])
+def test_rounds_needed_is_the_fewest_rounds_that_fit(es: Any, extra: int) -> None:
+    policy = SearchPolicy.from_job(job(es=es))
+    needed = policy.rounds_needed()
+    assert needed >= 3  # ceil(6 / 2)
+    fitting = policy.rounds_to_fit(3)
+    assert needed == fitting + extra  # asha: room for one more chain of promotions through its 3 rungs
+    assert policy.fits(fitting) and (fitting == 3 or not policy.fits(fitting - 1))
+
+
+def test_plan_round_drives_a_whole_search_in_rounds_needed() -> None:
+    """Driven with plan_round and made-up results, the search creates every trial and leaves nothing to plan
+    after its rounds; the simulation fits() uses is what a driver sees when results never reach the goal."""
+    policy = SearchPolicy.from_job(job(es=("successive-halving", {"eta": "2", "min_budget": "1", "max_budget": "4"})))
+    rounds = policy.rounds_needed()
+    history: list[Trial] = []
+    for r in range(rounds):
+        requests = policy.plan_round(history, r, rounds)
+        assert len(requests) <= policy.round_width(len(history), r, rounds)
+        history = done(policy, requests, history, {q.trial_id: 0.1 * q.index for q in requests})
+    assert len(history) == 6 and policy.plan(history, rounds) == []
+    assert any(t.state == "completed" for t in history)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kftune.core.errors import ConfigError
-from kftune.core.search_policy import lease_key
+from kftune.io.journal import lease_key
 from kftune.io.lease import (DEFAULT_TTL_S, EXIT_BUSY, LeaseHeldError, LeaseLostError, LeaseRecord, Process, RunLease,
                              judge, may_take, process_alive, this_process, ttl_from_env)
 from kftune.io.local_store import LocalStore

@@ -20,7 +20,8 @@ import pytest
 from kfp import dsl
 
 from kftune.core.errors import ConfigError, DataError
-from kftune.core.search_policy import SearchPolicy, finalist_key, trial_key
+from kftune.core.search_policy import SearchPolicy
+from kftune.io.journal import finalist_key, trial_key
 from kftune.core.space import SearchSpace
 from kftune.core.spec import parse_spec
 from kftune.io.store import get_json, open_store, put_json
@@ -123,6 +124,32 @@ def test_the_spec_s_own_corpus_as_the_corpus_parameter_keeps_every_corpus_settin
     _, other = _resolve(tmp_path, spec, corpus="TREC_6")
     assert other["spec"]["corpus"]["name"] == "TREC_6" and other["spec"]["corpus"]["downsample"] == 0.1
     assert "labelMap" not in other["spec"]["corpus"] and "tokenizer" not in other["spec"]["corpus"]
+
+
+def test_several_corpora_reach_the_corpus_step_as_one_prepared_corpus(tmp_path: Path) -> None:
+    """spec.corpus.corpora goes to prepare-corpus as the corpus step's ``corpora`` (one artifact, no new task);
+    kftune run's corpus parameter for it is empty (keeps them); another corpus replaces them."""
+    from kftune.pipelines.pipeline import arguments_for_spec
+    from kftune.steps.corpus import CorpusConfig
+
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    spec["spec"]["corpus"] = {"tokenizer": "regex", "downsample": 0.1,
+                              "corpora": [{"name": "TREC_6"}, {"id": "mine", "uri": "https://example.org/q.csv",
+                                                               "format": "csv", "textColumn": "text",
+                                                               "labelColumn": "label"}]}
+    arguments = arguments_for_spec(parse_spec(spec), run_id="r1", cluster=False)
+    assert arguments["corpus"] == ""
+    out = resolve({**arguments, "store": "/tmp/unused"}, 0, str(tmp_path / "job_spec.json"))
+    settings = json.loads(out.corpus_config)
+    assert [c["id"] for c in settings["corpora"]] == ["TREC_6", "mine"]
+    assert settings["corpora"][1]["allow_unverified"] is True and settings["downsample"] == 0.1
+    settings["text_columns"] = tuple(settings.get("text_columns") or ())  # as prepare-corpus does
+    assert CorpusConfig(out=str(tmp_path / "c"), **settings).problems() == []
+    _, other = _resolve(tmp_path, spec, corpus="TREC_50")
+    assert other["spec"]["corpus"]["name"] == "TREC_50" and "corpora" not in other["spec"]["corpus"]
+    with pytest.raises(ConfigError) as info:  # a uri replaces the corpora too (and then needs a format)
+        _resolve(tmp_path, spec, corpus="https://example.org/x.csv")
+    assert [p.path for p in info.value.problems] == ["spec.corpus.format"]
 
 
 @pytest.mark.parametrize("name, value, path", [
@@ -340,7 +367,7 @@ def test_suggest_refuses_to_plan_while_a_record_says_running(tmp_path: Path) -> 
 def test_suggest_takes_the_runs_lease_and_refuses_a_run_another_driver_holds(tmp_path: Path) -> None:
     """One driver per run: a pipeline run's suggest tasks hold the run's lease as kfp-<job id> (renewed each
     round); a second pipeline run, or kftune search, on the same run id is refused, naming the holder."""
-    from kftune.core.search_policy import lease_key
+    from kftune.io.journal import lease_key
     from kftune.io.lease import LeaseHeldError, Process, RunLease, release_for_pipeline
 
     spec = _spec(algorithm={"algorithmName": "random"}, finalists=0, maxTrialCount=4)

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 import pytest
 
-from kftune.core.search_policy import SearchPolicy, search_prefix, trial_key
+from kftune.core.search_policy import SearchPolicy
+from kftune.io.journal import search_prefix, trial_key
 from kftune.io.specfile import load_spec
 from kftune.io.store import get_json, open_store
 from kftune.steps import search
@@ -93,7 +94,7 @@ def test_successive_halving_resumes_promoted_trials_and_finalists_decide(corpus:
     assert tsv[0].split("\t")[:3] == ["trial", "state", "objective"] and len(tsv) == 5
     assert (out / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert top["id"] in (out / "summary.md").read_text() and "<img" in (out / "summary.html").read_text()
-    assert json.loads((out / "best.json").read_text())["best"]["trial_id"] == top["id"]
+    assert json.loads((out / "best.json").read_text())["trial_id"] == top["id"]  # best.json: one schema (best_record)
     # metrics: each trial counted once in its final state; the best objective logged
     assert sink.counters == Counter({("trials", (("state", "completed"),)): 1, ("trials", (("state", "pruned"),)): 3})
     assert any("best_objective" in values for values, _ in sink.logged)

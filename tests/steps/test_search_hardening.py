@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from kftune.core.search_policy import lease_key, search_prefix
+from kftune.io.journal import lease_key, search_prefix
 from kftune.io.lease import LeaseRecord
 from kftune.io.s3_store import S3Store
 from kftune.io.store import get_json, open_store, put_json

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kftune.core.search_policy import checkpoint_key, trial_key
+from kftune.io.journal import checkpoint_key, trial_key
 from kftune.core.trials import Trial
 from kftune.io.store import get_json, open_store
 from kftune.steps import trial

@@ -191,7 +191,7 @@ def _take_lease(store: str, run_id: str) -> Any:
     """The run's lease (one driver per run, :mod:`kftune.io.lease`), renewed in the background while the run
     lasts; ``None`` (after saying who holds it) when another process drives the run. A lease left by a
     ``kftune run`` or ``kftune search`` of this machine that was killed is taken over at once."""
-    from kftune.core.search_policy import lease_key
+    from kftune.io.journal import lease_key
     from kftune.io.lease import LeaseHeldError, RunLease
     from kftune.io.store import open_store
 

@@ -1,27 +1,43 @@
 """What a search does next, as a pure function of the spec and the trial history.
 
-This is the transport-free half of ``kftune search`` (Katib keeps the same split between its
-suggestion algorithm and its gRPC service): the local loop (:mod:`kftune.steps.search`, a process
-pool), a single pod, and the pipeline's per-round ``suggest`` step all call the same functions and so
-make the same decisions::
+This is the transport-free half of every search driver (Katib keeps the same split between its
+suggestion algorithm and its gRPC service): ``kftune search`` (:mod:`kftune.steps.search`, a process
+pool), the pipeline's per-round ``suggest`` step (:mod:`kftune.steps.suggest`) and the benchmarks call
+the same functions and so make the same decisions::
 
-    requests = suggest_round(job, history, round_index)     # -> [{"trial_id", "assignment", "budget", ...}]
-    best = select_best(job, history, finalist_records)
+    policy = SearchPolicy.from_job(job, space=space)
+    rounds = policy.rounds_needed()                         # how many rounds the search takes
+    requests = policy.plan_round(history, round_index, rounds)
+    winner = policy.select_best(history, finalist_records)
 
-Rounds. A search advances in rounds: a round is up to ``parallelTrialCount`` :class:`TrialRequest` s,
-planned from the history after the previous round finished (a barrier). A request is either a *new*
-trial (an assignment from the sampler, trained for the first budget) or a *promotion* (a paused trial
-resumed from its checkpoint up to the next successive-halving rung). Because a round depends only on
-the history and the history only on the rounds before it, a search that is killed and restarted
-plans exactly the same rounds and ends with the same result, whatever the timing of its trials.
+Rounds. A search advances in rounds: a round is a list of :class:`TrialRequest` s planned from the
+history after the previous round finished (a barrier). A request is either a *new* trial (an
+assignment from the sampler, trained for the first budget) or a *promotion* (a paused trial resumed
+from its checkpoint up to the next successive-halving rung). Because a round depends only on the
+history and the history only on the rounds before it, a search that is killed and restarted plans
+exactly the same rounds and ends with the same result, whatever the timing of its trials.
+
+The one planner rule (:meth:`SearchPolicy.round_width`, :meth:`SearchPolicy.plan_round`): a search of
+``R`` rounds plans round ``r`` at most ``max(parallelTrialCount, ceil(remaining trials / (R - r)))``
+requests wide, and plans nothing from round ``R`` on. ``R`` is :meth:`SearchPolicy.rounds_needed`: the
+fewest rounds (from ``ceil(maxTrialCount / parallelTrialCount)`` up) in which the search, simulated with
+this very rule on made-up results that never reach the goal (:meth:`SearchPolicy.fits`), has nothing
+left to plan; with ASHA, whose promotions depend on the results, ``len(rungs) - 1`` more. A pipeline
+compiled with another ``R`` (the committed YAML's 10) plans with that ``R``, provided the search fits.
+Both drivers use the same ``R`` for the same spec (``kftune run`` and ``kftune submit`` compile the
+pipeline with :meth:`~SearchPolicy.rounds_needed` rounds; ``kftune search`` pins it in ``settings.json``),
+so for the same spec, seed and trial results they plan the same requests in the same order. After the
+``R`` rounds the finalists' round (round ``R``) re-trains the finalists.
 
 Early stopping:
 
 * none: every new trial trains the full budget (``train.maxEpochs``);
 * ``medianstop``: the same, and the trial itself stops when :class:`~kftune.core.early_stopping.MedianStop`
-  says so, judged against the completed trials of the history the round was planned from;
+  says so, judged against the trials that were completed when its round was planned
+  (:meth:`SearchPolicy.judged`, kept in the round's plan);
 * ``asha``: each round first promotes what ASHA promotes now (higher rungs first), then fills the
-  remaining places with new trials at the first rung;
+  remaining places with new trials at the first rung; promotions still pending after round ``R`` are
+  not run;
 * ``successive-halving`` (synchronous): trials are created in *cohorts* (the whole search, or one
   coarse-to-fine round), all at the first rung; once a cohort is complete its rungs are decided one by
   one and the promoted trials resumed, before the next cohort starts (coarse-to-fine narrows its box
@@ -37,14 +53,16 @@ noisy. The top ``search.finalists`` completed trials are each re-trained with ex
 ``trainingRuns`` seeds count), and the winner is the finalist with the best *mean* objective over
 ``search.finalistRuns`` seeds; the result reports the mean, the spread (sample standard deviation) and
 every seed's value. A finalist whose extra run failed ranks after every finalist without a failure.
+:func:`best_record` is the one schema of ``best.json`` that both drivers write.
 
-Store layout (keys only; no I/O here): :func:`trial_key`, :func:`finalist_key`, :func:`checkpoint_key`,
-:func:`round_key`, :func:`lease_key` under ``runs/<run>/search/``.
+Where these objects live in the store (``runs/<run>/search/...``) is :mod:`kftune.io.journal`'s business;
+nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -61,53 +79,16 @@ from kftune.core.trials import Objective, Trial, ranked, sign
 TrialKind = Literal["trial", "finalist"]
 StopReason = Literal["failures", "goal", "max_trials", "exhausted"]
 
-#: Where a search keeps its objects, below the store's root.
-SEARCH_PREFIX = "runs/{run}/search"
+#: The most rounds a search may take (``resolve-spec`` refuses a spec that needs more).
+MAX_ROUNDS = 256
 
 #: How many of a run's last dev evaluations make its objective (Flair's parameter selection: the last 3).
 LAST_EVALUATIONS = 3
 
 
 # --------------------------------------------------------------------------------------------------
-# Store keys
+# Ids
 # --------------------------------------------------------------------------------------------------
-
-def _segment(value: str, what: str) -> str:
-    if not isinstance(value, str) or not value or "/" in value or value in {".", ".."} or value.startswith("."):
-        raise ConfigError([Problem(what, f"{value!r} cannot name a store folder: use letters, digits, - and _ "
-                                         "(no '/', not starting with '.')")])
-    return value
-
-
-def search_prefix(run_id: str) -> str:
-    """``runs/<run>/search``: where every object of the search of run ``run_id`` lives."""
-    return SEARCH_PREFIX.format(run=_segment(run_id, "run_id"))
-
-
-def trial_key(run_id: str, trial_id: str) -> str:
-    """The key of trial ``trial_id``'s JSON record (one object per trial: parallel trials never race)."""
-    return f"{search_prefix(run_id)}/trials/{_segment(trial_id, 'trial_id')}.json"
-
-
-def finalist_key(run_id: str, trial_id: str, seeds: Sequence[int]) -> str:
-    """The key of the record of finalist ``trial_id`` re-trained with ``seeds``."""
-    return f"{search_prefix(run_id)}/finalists/{_segment(trial_id, 'trial_id')}/seed-{'-'.join(map(str, seeds))}.json"
-
-
-def checkpoint_key(run_id: str, trial_id: str, seed: int) -> str:
-    """The key of the training checkpoint of trial ``trial_id``'s run with ``seed`` (one per seed)."""
-    return f"{search_prefix(run_id)}/checkpoints/{_segment(trial_id, 'trial_id')}/seed-{int(seed)}.pt"
-
-
-def round_key(run_id: str, round_index: int) -> str:
-    """The key of the plan of round ``round_index`` (written before its trials start)."""
-    return f"{search_prefix(run_id)}/rounds/round-{int(round_index):04d}.json"
-
-
-def lease_key(run_id: str) -> str:
-    """The key of the run's lease: the one search driver that may write the run now (:mod:`kftune.io.lease`)."""
-    return f"{search_prefix(run_id)}/lease.json"
-
 
 def trial_id_for(index: int) -> str:
     """The id of the ``index``-th trial (0-based) a search creates: ``trial-0001``, ``trial-0002``, ..."""
@@ -410,6 +391,78 @@ class SearchPolicy:
             return self._new(history, min(n, next_end - k), round_index)
         return []
 
+    # -- the planner rule: rounds and their width (both drivers) ---------------------------------------
+    def round_width(self, created: int, round_index: int, rounds: int) -> int:
+        """The most requests round ``round_index`` of a search of ``rounds`` rounds may hold when ``created``
+        trials exist: ``max(parallelTrialCount, ceil(remaining trials / rounds left))``, so that the search
+        ends within its rounds."""
+        remaining = max(0, self.max_trials - int(created))
+        return max(self.parallel, -(-remaining // max(1, int(rounds) - int(round_index))))
+
+    def plan_round(self, history: Sequence[Trial], round_index: int, rounds: int) -> list[TrialRequest]:
+        """Round ``round_index`` of a search of ``rounds`` rounds (the module docstring's one rule): :meth:`plan`
+        with :meth:`round_width` requests at most; empty from round ``rounds`` on, and when the search is over."""
+        if round_index >= rounds:
+            return []
+        return self.plan(history, round_index, self.round_width(len(history), round_index, rounds))
+
+    def judged(self, history: Sequence[Trial]) -> list[str]:
+        """The ids of the trials a ``medianstop`` round judges its trials against: those completed when the
+        round is planned (empty without medianstop). A driver keeps them in the round's plan, so that a
+        resumed or retried trial is judged against the same ones."""
+        return [t.id for t in history if t.state == "completed"] if self.median_stop is not None else []
+
+    def fits(self, rounds: int) -> bool:
+        """Whether the search ends within ``rounds`` rounds of :meth:`plan_round`, simulated on made-up
+        results (completed at the last rung, paused below it, never reaching the goal): nothing is left
+        to plan after the last round."""
+        history: list[Trial] = []
+        by_id: dict[str, int] = {}
+        for r in range(rounds):
+            requests = self.plan_round(history, r, rounds)
+            if not requests:
+                return True
+            for q in requests:
+                trial = self._simulated(q)
+                if q.trial_id in by_id:
+                    history[by_id[q.trial_id]] = trial
+                else:
+                    by_id[q.trial_id] = len(history)
+                    history.append(trial)
+        return not self.plan(history, rounds, self.parallel)
+
+    def _simulated(self, q: TrialRequest) -> Trial:
+        """A made-up result of ``q`` for :meth:`fits`: a value drawn from the trial's index, moved away
+        from the goal (if any) so that the simulated search never stops early."""
+        value = random.Random(q.index).uniform(0.2, 0.8)
+        goal = self.search.objective.goal
+        if goal is not None:
+            value = goal - sign(self.objective_type) * (1.0 + value)
+        state = "completed" if q.budget >= self.max_budget else "pruned"
+        return Trial(id=q.trial_id, assignment=dict(q.assignment), state=state, objective=value,
+                     intermediate=tuple((e, value) for e in range(1, q.budget + 1)), budget=q.budget,
+                     extra={"index": q.index, "budget_asked": q.budget})
+
+    def rounds_needed(self, limit: int = MAX_ROUNDS) -> int:
+        """The rounds the search takes (see the module docstring): the fewest from
+        ``ceil(maxTrialCount / parallelTrialCount)`` up that :meth:`fits`, plus ``len(rungs) - 1`` with
+        ASHA. Raises :class:`ConfigError` when it does not end within ``limit`` rounds."""
+        rounds = min(limit, math.ceil(self.max_trials / self.parallel))
+        while not self.fits(rounds):
+            if rounds >= limit:
+                raise ConfigError([Problem("spec.search", f"the search does not end within {limit} rounds")])
+            rounds += 1
+        rule = self.halving
+        if rule is not None and not rule.synchronous:
+            # asha promotes as results arrive, so how many promotions remain depends on the results:
+            # room for one more chain of promotions through every rung
+            rounds = min(limit, rounds + len(rule.rungs()) - 1)
+        return rounds
+
+    def rounds_to_fit(self, start: int = 1, limit: int = MAX_ROUNDS) -> int | None:
+        """The fewest rounds from ``start`` up to ``limit`` in which the search :meth:`fits`, or ``None``."""
+        return next((r for r in range(max(1, start), limit + 1) if self.fits(r)), None)
+
     # -- finalists and the winner ------------------------------------------------------------------
     def finalists(self, history: Sequence[Trial]) -> list[Trial]:
         """The top ``search.finalists`` completed trials (best objective first), or none when finalist
@@ -492,7 +545,60 @@ class SearchPolicy:
 
 
 # --------------------------------------------------------------------------------------------------
-# The per-round API (the pipeline's suggest and select steps call these)
+# best.json: the one record of a search's outcome (both drivers write it)
+# --------------------------------------------------------------------------------------------------
+
+#: The winner's fields of :func:`best_record` (:meth:`Winner.to_dict`; all ``None`` when no trial has a result).
+WINNER_FIELDS = ("trial_id", "assignment", "objective", "spread", "values", "seeds", "budget", "search_objective",
+                 "chosen_on", "candidates")
+
+
+def search_epochs(history: Iterable[Trial]) -> int:
+    """Training epochs the search's trials used: each trial's epochs times its number of training runs."""
+    total = 0
+    for t in history:
+        runs = t.extra.get("runs")
+        if isinstance(runs, list) and runs:
+            total += sum(int(r.get("epochs", 0)) for r in runs if isinstance(r, dict))
+        else:
+            total += t.budget_used
+    return total
+
+
+def finalist_epochs(finalist_records: Iterable[Mapping[str, Any]]) -> int:
+    """Training epochs of the finalists' extra runs."""
+    return sum(int(r.get("budget") or 0) * max(1, len(r.get("runs") or [])) for r in finalist_records)
+
+
+def best_record(policy: SearchPolicy, history: Sequence[Trial], finalist_records: Sequence[Mapping[str, Any]],
+                winner: Winner | None, *, run_id: str, rounds: int,
+                lr_range: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``best.json``: the winner's fields (:data:`WINNER_FIELDS`, at the top level) and the search's outcome.
+
+    ``run_id``; ``status`` (``failed`` when ``maxFailedTrialCount`` trials failed, else ``succeeded``),
+    ``stop_reason`` (:meth:`SearchPolicy.end_reason`); the winner (``trial_id``, ``assignment``, ``objective``
+    as the mean over seeds, ``spread``, ``values``, ``seeds``, ``budget``, ``search_objective``, ``chosen_on``,
+    ``candidates``: the finalists); ``objective_metric``, ``objective_type``; ``trials`` (counts by state),
+    ``rounds`` (search rounds that ran trials), ``search_epochs``, ``finalist_epochs``; ``max_trial_count``,
+    ``max_failed_trial_count``; ``space`` (Katib's parameters), ``space_notes`` and ``lr_range`` (the LR
+    range test's hand-off note, if any). ``kftune search`` and the pipeline's ``select-best`` write it, and
+    ``kftune report --best``, final training and the search summary read it.
+    """
+    stop = policy.end_reason(history)
+    counts: dict[str, int] = {}
+    for t in history:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    chosen = winner.to_dict() if winner is not None else dict.fromkeys(WINNER_FIELDS)
+    return {"run_id": run_id, "status": "failed" if stop == "failures" else "succeeded", "stop_reason": stop,
+            **chosen, "objective_metric": policy.metric, "objective_type": policy.objective_type,
+            "trials": counts, "rounds": int(rounds), "search_epochs": search_epochs(history),
+            "finalist_epochs": finalist_epochs(finalist_records), "max_trial_count": policy.max_trials,
+            "max_failed_trial_count": policy.search.max_failed_trial_count, "space": policy.space.to_katib(),
+            "space_notes": list(policy.space.notes), "lr_range": dict(lr_range) if lr_range is not None else None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-round shorthands
 # --------------------------------------------------------------------------------------------------
 
 def _as_history(history: Iterable[Mapping[str, Any] | Trial]) -> list[Trial]:
@@ -501,9 +607,9 @@ def _as_history(history: Iterable[Mapping[str, Any] | Trial]) -> list[Trial]:
 
 def suggest_round(job: TuningJob, history: Iterable[Mapping[str, Any] | Trial], round_index: int, *,
                   space: SearchSpace | None = None, seed: int | None = None, n: int | None = None) -> list[dict[str, Any]]:
-    """The requests of round ``round_index`` as JSON-ready dicts (see :meth:`TrialRequest.to_dict`;
-    each carries its ``assignment``). ``history``: trial records or :class:`Trial` s. Empty when the
-    search is over. The local loop of ``kftune search`` plans its rounds with exactly this function."""
+    """The requests of :meth:`SearchPolicy.plan` (``n`` wide) as JSON-ready dicts (see
+    :meth:`TrialRequest.to_dict`; each carries its ``assignment``). ``history``: trial records or
+    :class:`Trial` s. Empty when the search is over. Drivers plan with :meth:`SearchPolicy.plan_round`."""
     policy = SearchPolicy.from_job(job, space=space, seed=seed)
     return [r.to_dict() for r in policy.plan(_as_history(history), round_index, n)]
 
@@ -518,7 +624,7 @@ def select_best(job: TuningJob, history: Iterable[Mapping[str, Any] | Trial],
 
 
 __all__ = [
-    "LAST_EVALUATIONS", "SearchPolicy", "TrialRequest", "Winner", "checkpoint_key", "finalist_key",
-    "history_from_records", "round_key", "run_objective", "search_prefix", "select_best", "spread_of",
-    "suggest_round", "trial_id_for", "trial_key",
+    "LAST_EVALUATIONS", "MAX_ROUNDS", "SearchPolicy", "TrialRequest", "WINNER_FIELDS", "Winner", "best_record",
+    "finalist_epochs", "history_from_records", "run_objective", "search_epochs", "select_best", "spread_of",
+    "suggest_round", "trial_id_for",
 ]

@@ -580,7 +580,7 @@ def pipeline_lease(store: Any, run_id: str, owner: str) -> RunLease:
     holder-gone take-over), a time to live of ``KFTUNE_PIPELINE_LEASE_TTL`` seconds (default 6 h) renewed by
     every search round. A pipeline never takes a lease that another driver holds, nor an expired one:
     another run's lease is refused with who holds it, and :data:`EXIT_BUSY` semantics are the caller's."""
-    from kftune.core.search_policy import lease_key
+    from kftune.io.journal import lease_key
 
     ttl = ttl_from_env(name=PIPELINE_TTL_ENV, default=DEFAULT_PIPELINE_TTL_S)
     return RunLease(store, lease_key(run_id), run_id=run_id, purpose="kftune pipeline run", ttl_s=ttl, owner=owner,

@@ -4,7 +4,7 @@ No torch and no I/O besides writing the PNG a caller names; matplotlib is import
 functions and used through its object API with the Agg canvas (no pyplot state, no display).
 
 Inputs are the trial records of :mod:`kftune.steps.trial` (creation order) and the ``best.json``
-object of :mod:`kftune.steps.search`.
+object (:func:`kftune.core.search_policy.best_record`) that ``kftune search`` and the pipeline write.
 """
 
 from __future__ import annotations
@@ -173,8 +173,16 @@ STOP_TEXT = {
 }
 
 
+def _winner(best: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The winner's part of ``best.json`` (:func:`kftune.core.search_policy.best_record`: its fields are at the
+    top level; an older ``kftune search`` nested them under ``best``); empty when no trial has a result."""
+    if "best" in best and "trial_id" not in best:
+        return best.get("best") or {}
+    return best if best.get("trial_id") else {}
+
+
 def _best_lines(best: Mapping[str, Any]) -> list[str]:
-    win = best.get("best")
+    win = _winner(best)
     if not win:
         return ["No trial produced a result."]
     values = ", ".join(_num(v, 4) for v in win.get("values") or [])
@@ -205,7 +213,7 @@ def summary_markdown(best: Mapping[str, Any], records: Sequence[Mapping[str, Any
     counts = best.get("trials") or {}
     lines = [f"# Search {best.get('run_id')}", ""]
     lines += _best_lines(best)
-    win = best.get("best") or {}
+    win = _winner(best)
     if win.get("assignment"):
         lines += [""] + _table(["parameter", "value"], [[k, v] for k, v in win["assignment"].items()])
     lines += ["", f"- status: {best.get('status')} ({STOP_TEXT.get(best.get('stop_reason'), best.get('stop_reason'))})",
@@ -216,7 +224,7 @@ def summary_markdown(best: Mapping[str, Any], records: Sequence[Mapping[str, Any
               f"- training epochs: {best.get('search_epochs')} in the search, {best.get('finalist_epochs')} in "
               "finalist re-runs",
               f"- rounds: {best.get('rounds')}, time: {_num(best.get('seconds'), 4)} s"]
-    finalists = (best.get("best") or {}).get("candidates") or []
+    finalists = _winner(best).get("candidates") or []
     if finalists:
         lines += ["", "## Finalists (re-trained with extra seeds; winner on the mean)", ""]
         lines += _table(["trial", "mean", "sd", "values", "search objective", "search rank"],
@@ -239,7 +247,7 @@ def summary_html(best: Mapping[str, Any], records: Sequence[Mapping[str, Any]], 
     """The same summary as one self-contained HTML page (the PNGs in ``images`` embedded), for the KFP UI."""
     esc = html.escape
     counts = best.get("trials") or {}
-    win = best.get("best") or {}
+    win = _winner(best)
     parts = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
              f"<title>Search {esc(str(best.get('run_id')))}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
@@ -260,7 +268,7 @@ def summary_html(best: Mapping[str, Any], records: Sequence[Mapping[str, Any]], 
     for name, data in (images or {}).items():
         parts.append(f"<p><img alt=\"{esc(name)}\" src=\"data:image/png;base64,"
                      f"{base64.b64encode(data).decode('ascii')}\"></p>")
-    finalists = (best.get("best") or {}).get("candidates") or []
+    finalists = _winner(best).get("candidates") or []
     if finalists:
         parts.append("<h2>Finalists</h2><table><tr><th>trial</th><th>mean</th><th>sd</th><th>values</th>"
                      "<th>search objective</th></tr>" + "".join(

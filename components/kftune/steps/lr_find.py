@@ -179,19 +179,20 @@ def _materialize_corpus(uri: str, work: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the step
-def run(config: LrFindConfig, *, sinks: MetricsSink | None = None) -> LrFindResult:
+def run(config: LrFindConfig, *, job: Any = None, sinks: MetricsSink | None = None) -> LrFindResult:
     """Run the range test and write the outputs (see the module docstring).
 
-    ``sinks``: where the metrics go (default :func:`kftune.io.metrics.sinks_from_env` for the step
-    ``lr_find``, closed at the end; a given sink is flushed, not closed). Raises :class:`ConfigError` for an
-    unusable config, spec or override (nothing is trained then), :class:`DataError` for an unreadable corpus.
+    ``job``: the parsed spec (a :class:`kftune.core.spec.TuningJob`; a pipeline task has one), used instead
+    of reading ``config.spec``. ``sinks``: where the metrics go (default
+    :func:`kftune.io.metrics.sinks_from_env` for the step ``lr_find``, closed at the end; a given sink is
+    flushed, not closed). Raises :class:`ConfigError` for an unusable config, spec or override (nothing is
+    trained then), :class:`DataError` for an unreadable corpus.
     """
     config.validate()
     from kftune.nlp.config import Hyperparameters, TrainerConfig
     from kftune.nlp.data import read_corpus_info
 
-    job = None
-    if config.spec is not None:
+    if job is None and config.spec is not None:
         from kftune.io.specfile import load_spec
 
         job = load_spec(config.spec)
@@ -206,9 +207,8 @@ def run(config: LrFindConfig, *, sinks: MetricsSink | None = None) -> LrFindResu
                                                          f"{config.corpus!r}, which holds {task_type} data")],
                               source=config.spec)
         hp = Hyperparameters.from_mapping(dict(job.spec.model) if job is not None else {}, task_type,
-                                          path="spec.model")
-        if config.overrides:
-            hp = hp.with_overrides(dict(config.overrides), path="--set")
+                                          path="spec.model", overrides=dict(config.overrides or {}),
+                                          overrides_path="--set")
         trainer = (TrainerConfig(**dataclasses.asdict(job.spec.train)) if job is not None else TrainerConfig())
         trainer = dataclasses.replace(trainer, **{k: v for k, v in (("seed", config.seed), ("device", config.device),
                                                                     ("num_threads", config.num_threads))

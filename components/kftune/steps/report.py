@@ -6,9 +6,11 @@ It combines what the other steps wrote, each read from a directory or store URI 
 - ``--lr-find``: the LR range test's output: ``result.json``, ``summary.md``, ``lr_curve.png``;
 - ``--trials``: the trial journal: one JSON trial record per key (``*.json``), as the trial step
   writes them (:meth:`kftune.core.trials.Trial.to_dict` plus extra fields);
-- ``--best``: the selection record (a JSON file: ``trial``/``id``, ``assignment``, ``objective``); when
-  absent, the best completed trial of the journal is named;
-- ``--train``: the final training's output: ``result.json``, ``training_curve.png``;
+- ``--best``: the selection record (a JSON file: ``runs/<run>/search/best.json`` as ``kftune search`` and
+  the pipeline's select-best write it, or any object with ``trial``/``id``/``trial_id``, ``assignment``,
+  ``objective``); when absent, or when it names no trial, the best completed trial of the journal is named;
+- ``--train``: the final training's output: ``result.json``, ``training_curve.png`` (and ``weights.png``
+  when it was trained with ``train.writeWeights``);
 - ``--evaluation``: the evaluation's output: ``result.json``, ``report.md``, ``confusion_matrix.png``;
   with a baseline in ``result.json``, the summary puts the tuned model's test score, the baseline's and
   the difference side by side, and the evaluation section has a "Baseline" table;
@@ -51,7 +53,7 @@ REPORT_MD, REPORT_HTML, SUMMARY_JSON, TRIALS_PNG = "report.md", "report.html", "
 OUTPUT_FILES = (REPORT_MD, REPORT_HTML, TRIALS_PNG, SUMMARY_JSON)
 #: Images of the other steps that the report shows: (input, file name in that input, name in the report).
 _IMAGES = (("lr_find", "lr_curve.png", "lr_curve.png"), ("train", "training_curve.png", "training_curve.png"),
-           ("evaluation", "confusion_matrix.png", "confusion_matrix.png"))
+           ("train", "weights.png", "weights.png"), ("evaluation", "confusion_matrix.png", "confusion_matrix.png"))
 TRIAL_STATES = ("completed", "pruned", "failed", "running")
 
 
@@ -248,8 +250,10 @@ def _objective(config: ReportConfig) -> tuple[str, str, str | None]:
 
 def _best_of(parts: _Parts, direction: str) -> dict[str, Any] | None:
     """The selection record, else the best completed (then pruned) trial of the journal."""
-    if parts.best is not None:
-        b = parts.best
+    b = parts.best
+    if b is not None and "trial_id" not in b and isinstance(b.get("best"), dict):
+        b = b["best"]  # the best.json of an older kftune search nested the winner under "best"
+    if b is not None and (b.get("trial") or b.get("id") or b.get("trial_id")):
         return {"trial": b.get("trial") or b.get("id") or b.get("trial_id"),
                 "assignment": b.get("assignment") or b.get("parameters") or {},
                 "objective": b.get("objective"), "source": "selection"}
@@ -420,6 +424,10 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
                                    ("best run / epoch", f"{_fmt(t.get('best_run'))} / {_fmt(t.get('best_epoch'))}"),
                                    ("epochs", t.get("epochs")), ("seconds", t.get("seconds")),
                                    ("model", f"`{t.get('model_uri')}`")])
+        by_corpus = t.get("dev_scores_by_corpus") or {}
+        if isinstance(by_corpus, Mapping) and by_corpus:
+            lines += ["", "Dev score per corpus (best epoch of the best run):", ""]
+            lines += _table(["corpus", "dev score"], list(by_corpus.items()))
         hp = t.get("hyperparameters") or {}
         if hp:
             lines += ["", "Hyperparameters:", ""]
@@ -427,6 +435,8 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
                                                 for k, v in sorted(hp.items())])
         if "training_curve.png" in parts.images:
             lines += ["", "![training curve](training_curve.png)"]
+        if "weights.png" in parts.images:
+            lines += ["", "![weights](weights.png)"]
     else:
         lines.append("Not part of this report.")
 

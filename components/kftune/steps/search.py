@@ -1,14 +1,19 @@
 """``kftune search``: the hyperparameter search, run locally or inside one pod, resumable.
 
-Round by round (:mod:`kftune.core.search_policy` decides; this module runs and stores), the loop asks
-the sampler for up to ``parallelTrialCount`` new trials, adds the promotions successive halving or
-ASHA makes, runs them as :func:`kftune.steps.trial.run` in a process pool (``forkserver``, torch
-preloaded; each trial gets ``max(1, cores // parallel)`` CPU threads unless ``train.numThreads`` says
-otherwise), reads the trial records back and plans the next round. It stops at ``maxTrialCount``,
-at the objective's goal, when the sampler is exhausted, or after ``maxFailedTrialCount`` failed
-trials (the search then fails, as Katib marks the Experiment, but its outputs are written). Then the
-top ``finalists`` completed trials are re-trained with extra seeds and the winner is chosen on the
-mean over ``finalistRuns`` seeds.
+Round by round (:mod:`kftune.core.search_policy` decides; this module runs; :class:`kftune.io.journal.RunJournal`
+stores), the loop plans a round with the planner rule the pipeline's ``suggest`` step uses
+(:meth:`~kftune.core.search_policy.SearchPolicy.plan_round`: new trials from the sampler and the
+promotions successive halving or ASHA makes, at most ``max(parallelTrialCount, ceil(remaining / rounds
+left))`` of them, over the :meth:`~kftune.core.search_policy.SearchPolicy.rounds_needed` rounds the pipeline
+would be compiled with for this spec), runs them as :func:`kftune.steps.trial.run` in a process pool
+(``forkserver``, torch preloaded; ``parallel`` at a time, each trial with ``max(1, cores // parallel)`` CPU
+threads unless ``train.numThreads`` says otherwise), reads the trial records back and plans the next round.
+So for the same spec and results it proposes the same trials in the same rounds as ``kftune run``. It stops
+at ``maxTrialCount``, at the objective's goal, when the sampler is exhausted, after its rounds (ASHA
+promotions still pending then are not run, as in the pipeline), or after ``maxFailedTrialCount`` failed
+trials (the search then fails, as Katib marks the Experiment, but its outputs are written). Then the top
+``finalists`` completed trials are re-trained with extra seeds (the finalists' round, numbered after the
+search's rounds) and the winner is chosen on the mean over ``finalistRuns`` seeds.
 
 Resumable: every object lives under ``runs/<run>/search/`` in the store. Each round's plan is
 written (``rounds/round-NNNN.json``) before its trials start, and each trial writes its own record
@@ -17,8 +22,8 @@ same ``--store`` and ``--run-id`` after a kill at any point, and the search re-r
 finishes the interrupted round (a trial that was running resumes from its last checkpoint; a
 finished one is not touched), then plans the following rounds from the same history, so it runs no
 completed trial again and ends with the same result as an uninterrupted run. The spec, the sampler
-seed, the parallelism and the (possibly narrowed) search space are pinned at the first start
-(``spec.yaml``, ``settings.json``, ``space.json``); a rerun with a different spec is refused.
+seed, the parallelism, the number of rounds and the (possibly narrowed) search space are pinned at the
+first start (``spec.yaml``, ``settings.json``, ``space.json``); a rerun with a different spec is refused.
 
 LR range test hand-off: ``--lr-find URI`` (the ``kftune lr-find`` output or its ``result.json``)
 replaces the ``feasibleSpace`` of ``lrRangeTest.applyTo`` by the suggested range
@@ -26,7 +31,8 @@ replaces the ``feasibleSpace`` of ``lrRangeTest.applyTo`` by the suggested range
 
 Outputs under ``runs/<run>/search/``: ``trials.tsv`` (one row per trial, like Flair's
 ``param_selection.txt``), ``trials.json`` (every record), ``best.json`` (the winner: assignment,
-objective mean and spread over seeds, the finalists, why the search stopped), ``objective.png``
+objective mean and spread over seeds, the finalists, why the search stopped; the schema the pipeline's
+select-best writes, :func:`kftune.core.search_policy.best_record`), ``objective.png``
 (objective per trial with the best-so-far line), ``parameters.png`` (each parameter against the
 objective), ``summary.md``/``summary.html``, and ``result.json`` (written last: its presence marks a
 finished search). Metrics go to :func:`kftune.io.metrics.sinks_from_env` (step ``search``): the
@@ -66,11 +72,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from kftune.core.errors import ArtifactNotFoundError, ConfigError, DataError, KftuneError, Problem
-from kftune.core.search_policy import (SearchPolicy, TrialRequest, Winner, finalist_key, history_from_records,
-                                       lease_key, round_key, search_prefix, trial_key)
+from kftune.core.search_policy import SearchPolicy, TrialRequest, Winner, best_record, search_epochs
 from kftune.core.space import SearchSpace
 from kftune.core.spec import TuningJob
 from kftune.core.trials import Trial, sign
+from kftune.io.journal import RunJournal, check_run_id
 from kftune.steps._common import add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
@@ -117,7 +123,7 @@ class SearchConfig:
                 out.append(Problem(f"search.{name}", f"missing: give {flag}"))
         if self.run_id is not None:
             try:
-                search_prefix(self.run_id)
+                check_run_id(self.run_id)
             except ConfigError as exc:
                 out.extend(Problem("search.run_id", p.message) for p in exc.problems)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
@@ -167,32 +173,6 @@ class SearchResult:
 # Store helpers
 # --------------------------------------------------------------------------------------------------
 
-def load_records(store: Any, prefix: str) -> list[dict[str, Any]]:
-    """Every JSON record under ``prefix`` (sorted by key); :class:`DataError` naming a broken one."""
-    from kftune.io.store import get_json
-
-    out = []
-    for key in store.list(prefix):
-        if not key.endswith(".json"):
-            continue
-        try:
-            out.append(get_json(store, key))
-        except ArtifactNotFoundError:
-            continue  # deleted between list and get
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{store.uri_for(key)}: not valid JSON ({exc}); delete it to rerun that trial") from None
-    return out
-
-
-def load_history(store: Any, run_id: str) -> tuple[list[dict[str, Any]], list[Trial]]:
-    """The run's trial records (creation order) and the same as :class:`Trial` s."""
-    records = [r for r in load_records(store, f"{search_prefix(run_id)}/trials") if r.get("kind", "trial") == "trial"]
-    history = history_from_records(records)
-    order = {t.id: i for i, t in enumerate(history)}
-    records.sort(key=lambda r: order.get(r.get("id"), len(order)))
-    return records, history
-
-
 def _read_json_uri(uri: str) -> Any:
     """A JSON document at a path or store URI; a directory (or prefix) means its ``result.json``."""
     from kftune.io.store import get_json, open_store
@@ -212,50 +192,44 @@ def _read_json_uri(uri: str) -> Any:
         raise DataError(f"{uri}: not valid JSON ({exc})") from None
 
 
-def _pin(store: Any, prefix: str, job: TuningJob, config: SearchConfig) -> tuple[int, int]:
-    """Write (first start) or compare (rerun) the spec and settings; return ``(seed, parallel)``."""
+def _pin(journal: RunJournal, job: TuningJob, config: SearchConfig) -> dict[str, int]:
+    """Write (first start) or compare (rerun) the spec and settings; return the settings: ``seed``,
+    ``parallel`` and (once the policy is known, :func:`_run_holding`) ``rounds``."""
     from kftune.io.specfile import dump_spec
-    from kftune.io.store import get_json, get_text, put_json, put_text
 
     text = dump_spec(job)
-    key = f"{prefix}/spec.yaml"
-    if store.exists(key):
-        if get_text(store, key) != text:
-            raise ConfigError([Problem("search.spec", f"run {prefix.split('/')[1]!r} was started with another spec "
-                                                      f"({store.uri_for(key)}); rerun with that spec to resume it, "
-                                                      "or give a new --run-id")])
-    settings_key = f"{prefix}/settings.json"
+    pinned_text = journal.spec_text()
+    if pinned_text is not None and pinned_text != text:
+        raise ConfigError([Problem("search.spec", f"run {journal.run_id!r} was started with another spec "
+                                                  f"({journal.uri(journal.key('spec.yaml'))}); rerun with that spec "
+                                                  "to resume it, or give a new --run-id")])
     wanted = {"seed": config.seed if config.seed is not None else job.spec.train.seed,
               "parallel": config.parallel or job.spec.search.parallel_trial_count}
-    if store.exists(settings_key):
-        pinned = get_json(store, settings_key)
+    pinned = journal.settings()
+    if pinned is not None:
         for name, flag in (("seed", "--seed"), ("parallel", "--parallel")):
             given = config.seed if name == "seed" else config.parallel
             if given is not None and given != pinned.get(name):
                 raise ConfigError([Problem(f"search.{name}", f"{given} differs from the {pinned.get(name)} this run "
                                                              f"started with; drop {flag} to resume it, or give a "
                                                              "new --run-id")])
-        wanted = {"seed": int(pinned["seed"]), "parallel": int(pinned["parallel"])}
+        wanted = {k: int(v) for k, v in pinned.items() if k in ("seed", "parallel", "rounds")}
     else:
-        put_json(store, settings_key, wanted)
-    if not store.exists(key):
-        put_text(store, key, text)
-    return wanted["seed"], wanted["parallel"]
+        journal.write_settings(wanted)
+    if pinned_text is None:
+        journal.write_spec_text(text)
+    return wanted
 
 
-def prepare_space(store: Any, run_id: str, job: TuningJob,
+def prepare_space(journal: RunJournal, job: TuningJob,
                   lr_find: str | None = None) -> tuple[SearchSpace, dict[str, Any] | None]:
     """The run's search space and the LR range test's note: read from ``runs/<run>/search/space.json``
     when the run has one, else built from the spec (narrowed by the ``kftune lr-find`` output
     ``lr_find`` when given) and written there, so that every later trial (``kftune trial``, a
     pipeline's trial task, a Katib trial of this run) validates its assignment against it."""
-    from kftune.io.store import get_json, put_json
-    from kftune.steps.trial import search_space_for
-
-    key = f"{search_prefix(run_id)}/space.json"
-    if store.exists(key):
-        pinned = get_json(store, key)
-        return search_space_for(store, run_id, job), pinned.get("lr_range")
+    pinned = journal.read_space()
+    if pinned is not None:
+        return pinned
     params = job.spec.search.parameters
     note = None
     notes: list[str] = []
@@ -268,7 +242,7 @@ def prepare_space(store: Any, run_id: str, job: TuningJob,
         log.info("LR range test hand-off: %s", note.get("reason"))
     space = SearchSpace.from_parameters(params)
     space = SearchSpace(space.parameters, tuple(notes))
-    put_json(store, key, {"parameters": space.to_katib(), "notes": list(space.notes), "lr_range": note})
+    journal.write_space(space, note)
     return space, note
 
 
@@ -448,15 +422,10 @@ class _Search:
 
     def __init__(self, config: SearchConfig, job: TuningJob, store: Any, run_id: str, policy: SearchPolicy,
                  runner: Runner, threads: int, sink: Any):
-        self.config, self.job, self.store, self.run_id = config, job, store, run_id
+        self.config, self.job, self.journal, self.run_id = config, job, RunJournal(store, run_id), run_id
         self.policy, self.runner, self.threads, self.sink = policy, runner, threads, sink
         self.job_text = json.dumps(_job_dict(job), sort_keys=True)
         self.counted: dict[str, str] = {}
-
-    def judged(self, history: Sequence[Trial]) -> list[str]:
-        """The trials a medianstop round judges its trials against: the completed ones when it is planned
-        (kept in the round's plan, so that a resumed round judges against the same ones)."""
-        return [t.id for t in history if t.state == "completed"] if self.policy.median_stop is not None else []
 
     def payload(self, request: TrialRequest, judged: Sequence[Trial]) -> dict[str, Any]:
         from kftune.steps.trial import config_for_request
@@ -466,29 +435,13 @@ class _Search:
                                     show_progress=False)
         return {"job": self.job_text, "stop_history": [t.to_dict() for t in judged], "trial": config}
 
-    def key(self, request: TrialRequest) -> str:
-        if request.kind == "finalist":
-            return finalist_key(self.run_id, request.trial_id, request.seeds or ())
-        return trial_key(self.run_id, request.trial_id)
-
     def done(self, request: TrialRequest) -> bool:
         """Whether the request's record shows it finished (any state but running, at its budget)."""
-        from kftune.io.store import get_json
-
-        key = self.key(request)
-        if not self.store.exists(key):
-            return False
-        try:
-            rec = get_json(self.store, key)
-        except (ArtifactNotFoundError, ValueError, UnicodeDecodeError):
-            return False
-        return rec.get("state") != "running" and rec.get("budget_asked") == request.budget
+        return self.journal.done(request)
 
     def execute(self, requests: Sequence[TrialRequest], judged: Sequence[Trial] = ()) -> None:
         """Run the requests that are not done; a request whose process died twice is recorded failed.
         ``judged``: the completed trials medianstop compares these trials with."""
-        from kftune.io.store import get_json, put_json
-
         todo = [r for r in requests if not self.done(r)]
         skipped = len(requests) - len(todo)
         if skipped:
@@ -500,17 +453,16 @@ class _Search:
         for request, record in zip(todo, results):
             if record is not None:
                 continue
-            key = self.key(request)
             try:
-                rec = get_json(self.store, key)
-            except (ArtifactNotFoundError, ValueError, UnicodeDecodeError):
+                rec = self.journal.read_record(request) or {}
+            except DataError:
                 rec = {}
             rec.update({"id": request.trial_id, "kind": request.kind, "index": request.index,
                         "assignment": dict(request.assignment), "round": request.round, "state": "failed",
                         "reason": DIED, "objective": None, "budget_asked": request.budget,
                         "budget": rec.get("budget", 0), "seeds": list(request.seeds or self.policy.training_seeds)})
             rec.setdefault("intermediate", [])
-            put_json(self.store, key, rec)
+            self.journal.write(self.journal.request_key(request), rec)
             log.warning("trial %s failed: %s", request.trial_id, DIED)
 
     def stale(self, history: Sequence[Trial], rounds: Sequence[Mapping[str, Any]]) -> list[list[TrialRequest]]:
@@ -524,14 +476,14 @@ class _Search:
             return []
         latest: dict[str, tuple[int, TrialRequest]] = {}
         for plan in rounds:
-            if plan.get("kind", "trial") != "trial":
+            if plan.get("kind") != "search":
                 continue
             for data in plan.get("requests") or ():
                 if data.get("trial_id") in running:
                     latest[data["trial_id"]] = (int(plan.get("round", 0)), TrialRequest.from_dict(data))
         unplanned = sorted(running - set(latest))
         if unplanned:
-            where = self.store.uri_for(f"{search_prefix(self.run_id)}/trials")
+            where = self.journal.run_uri("search/trials")
             raise DataError(
                 f"trial record(s) {', '.join(unplanned)} of run {self.run_id!r} say running, but no round of this "
                 f"search planned them: another program (kftune trial, a pipeline run) is writing this run. Let it "
@@ -554,7 +506,7 @@ class _Search:
     def report(self, history: Sequence[Trial]) -> None:
         best = _best_so_far(history, self.policy)
         values: dict[str, float] = {"trials_created": float(len(history)),
-                                    "search_epochs": float(_epochs(history))}
+                                    "search_epochs": float(search_epochs(history))}
         if best is not None:
             values["best_objective"] = float(best.objective)  # type: ignore[arg-type]
         self.sink.log(values, step=None)
@@ -573,22 +525,6 @@ def _best_so_far(history: Sequence[Trial], policy: SearchPolicy) -> Trial | None
     return max(pool, key=lambda t: (t.state == "completed", t.budget_used, s * float(t.objective)), default=None)  # type: ignore[arg-type]
 
 
-def _epochs(history: Sequence[Trial]) -> int:
-    """Training epochs the trials used: each trial's epochs times its number of training runs."""
-    total = 0
-    for t in history:
-        runs = t.extra.get("runs")
-        if isinstance(runs, list) and runs:
-            total += sum(int(r.get("epochs", 0)) for r in runs if isinstance(r, dict))
-        else:
-            total += t.budget_used
-    return total
-
-
-def _rounds(store: Any, run_id: str) -> list[dict[str, Any]]:
-    return sorted(load_records(store, f"{search_prefix(run_id)}/rounds"), key=lambda r: int(r.get("round", 0)))
-
-
 def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None) -> SearchResult:
     """Run (or resume) the search ``config`` describes and write its outputs (see the module docstring)."""
     problems = config.problems()
@@ -601,55 +537,58 @@ def run(config: SearchConfig, *, job: TuningJob | None = None, sinks: Any = None
         from kftune.io.specfile import load_spec
 
         job = load_spec(config.spec)
-    run_id = config.run_id or job.name
-    store = open_store(config.store)
+    journal = RunJournal(open_store(config.store), config.run_id or job.name)
     from kftune.io.lease import RunLease
 
-    lease = RunLease(store, lease_key(run_id), run_id=run_id, ttl_s=config.lease_ttl)
+    lease = RunLease(journal.store, journal.lease_key, run_id=journal.run_id, ttl_s=config.lease_ttl)
     lease.acquire(take_over=config.take_over, wait=config.wait)
     lease.start_heartbeat()
     try:
-        return _run_holding(config, job, store, run_id, lease, sinks, started)
+        return _run_holding(config, job, journal, lease, sinks, started)
     finally:
         lease.release()
 
 
-def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, lease: Any, sinks: Any,
+def _run_holding(config: SearchConfig, job: TuningJob, journal: RunJournal, lease: Any, sinks: Any,
                  started: float) -> SearchResult:
     """:func:`run` while holding the run's lease (``lease.check()`` before each round and the outputs)."""
+    from dataclasses import replace
+
     from kftune._progress import Progress
     from kftune.io.metrics import sinks_from_env
-    from kftune.io.store import put_json
 
-    prefix = search_prefix(run_id)
-    resuming = store.exists(f"{prefix}/settings.json")
-    seed, parallel = _pin(store, prefix, job, config)
-    space, lr_note = prepare_space(store, run_id, job, config.lr_find)
+    run_id = journal.run_id
+    resuming = journal.settings() is not None
+    settings = _pin(journal, job, config)
+    seed, parallel = settings["seed"], settings["parallel"]
+    space, lr_note = prepare_space(journal, job, config.lr_find)
     if config.lr_find and resuming and (lr_note or {}).get("source") != config.lr_find:
         log.warning("this run's search space was pinned when it started (%s); --lr-find %s is ignored",
                     f"with the LR range test of {lr_note['source']}" if lr_note else "without an LR range test",
                     config.lr_find)
-    policy = SearchPolicy.from_job(job, space=space, seed=seed)
-    if parallel != policy.parallel:
-        from dataclasses import replace
-
+    if parallel != job.spec.search.parallel_trial_count:
         job = replace(job, spec=replace(job.spec, search=replace(job.spec.search, parallel_trial_count=parallel)))
-        policy = SearchPolicy.from_job(job, space=space, seed=seed)
+    policy = SearchPolicy.from_job(job, space=space, seed=seed)
+    if "rounds" not in settings:
+        # the pipeline's rule: as many rounds as resolve-spec gives this spec (its space, train.seed)
+        settings["rounds"] = SearchPolicy.from_job(job).rounds_needed()
+        journal.write_settings(settings)
+    rounds_total = settings["rounds"]
     _check_corpus(config.corpus, job.spec.task.type)
     threads = job.spec.train.num_threads or max(1, cpu_cores() // parallel)
     own_sink = sinks is None
     sink = sinks if sinks is not None else sinks_from_env("search", run_id=run_id)
     runner = Runner(config.executor, parallel, check=lease.check)
-    search = _Search(config, job, store, run_id, policy, runner, threads, sink)
-    log.info("search %s: %s over %d parameter(s), %s, %d trial(s) at most, %d at a time (%d CPU thread(s) each), "
-             "budget %d epoch(s)%s", run_id, policy.search.algorithm.algorithm_name, len(space),
+    search = _Search(config, job, journal.store, run_id, policy, runner, threads, sink)
+    log.info("search %s: %s over %d parameter(s), %s, %d trial(s) at most in %d round(s), %d at a time (%d CPU "
+             "thread(s) each), budget %d epoch(s)%s", run_id, policy.search.algorithm.algorithm_name, len(space),
              policy.search.early_stopping.algorithm_name if policy.search.early_stopping else "no early stopping",
-             policy.max_trials, parallel, threads, policy.max_budget,
-             f", resuming from {store.uri_for(prefix)}" if resuming else "")
+             policy.max_trials, rounds_total, parallel, threads, policy.max_budget,
+             f", resuming from {journal.uri()}" if resuming else "")
     try:
-        _, history = load_history(store, run_id)
+        history = journal.trials()
         search.count_final(history, ended=False)
-        rounds = _rounds(store, run_id)
+        rounds = journal.rounds()
         next_round = 0
         bar = Progress(policy.max_trials, f"search {run_id}", unit="trial") if config.show_progress else None
         shown = 0
@@ -671,11 +610,11 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
             if rounds:  # finish the interrupted round first
                 last = rounds[-1]
                 next_round = int(last["round"]) + 1
-                if last.get("kind", "trial") == "trial":
+                if last.get("kind") == "search":
                     ids = set(last.get("judged") or ())
                     search.execute([TrialRequest.from_dict(r) for r in last["requests"]],
                                    [t for t in history if t.id in ids])
-                    _, history = load_history(store, run_id)
+                    history = journal.trials()
             rerun: set[str] = set()
             while True:
                 lease.check()
@@ -690,20 +629,18 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
                         log.info("round %d: resuming %s, left running by an earlier driver", group[0].round,
                                  ", ".join(q.trial_id for q in group))
                         search.execute(group, [t for t in history if t.id in ids])
-                    _, history = load_history(store, run_id)
+                    history = journal.trials()
                     continue
-                requests = policy.plan(history, next_round)
+                requests = policy.plan_round(history, next_round, rounds_total)
                 if not requests:
                     break
-                judged = search.judged(history)
-                plan = {"round": next_round, "kind": "trial", "requests": [r.to_dict() for r in requests],
-                        "judged": judged}
-                put_json(store, round_key(run_id, next_round), plan)
-                rounds.append(plan)
+                judged = policy.judged(history)
+                rounds.append(journal.write_round(next_round, "search", requests, history=len(history),
+                                                  judged=judged))
                 log.info("round %d: %s", next_round, ", ".join(
                     f"{r.trial_id}{' promoted' if r.promotion else ''} to {r.budget} epoch(s)" for r in requests))
                 search.execute(requests, [t for t in history if t.id in set(judged)])
-                _, history = load_history(store, run_id)
+                history = journal.trials()
                 search.count_final(history, ended=False)
                 search.report(history)
                 show(history)
@@ -716,20 +653,21 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
             raise KftuneError(
                 f"the search of run {run_id!r} has nothing left to plan, but the records of {', '.join(still)} still "
                 f"say running after they were resumed: another program is writing this run "
-                f"({store.uri_for(prefix)}); rerun when it has finished")
+                f"({journal.uri()}); rerun when it has finished")
         stop_reason = policy.end_reason(history)
         log.info("search %s: stopped (%s) after %d trial(s)", run_id, stop_reason, len(history))
-        finalist_requests = policy.finalist_requests(history, next_round)
+        # the finalists' round comes after the search's rounds (round R), as in the pipeline
+        finalist_requests = policy.finalist_requests(history, rounds_total)
         if finalist_requests:
             log.info("finalists: re-training %s with seed(s) %s", ", ".join(t.id for t in policy.finalists(history)),
                      ", ".join(map(str, policy.finalist_seeds)))
+            journal.write_round(rounds_total, "finalists", finalist_requests, history=len(history))
             search.execute(finalist_requests)
         lease.check()
-        finalist_records = [r for r in load_records(store, f"{prefix}/finalists")
-                            if r.get("state") != "running"]
+        finalist_records = journal.finalist_records()
         winner = policy.select_best(history, finalist_records)
         search.count_final(history, ended=True)
-        records, history = load_history(store, run_id)
+        records, history = journal.history()
     except BaseException:
         if lease.lost:  # another driver runs the run now: stop our trials at once
             runner.kill()
@@ -738,8 +676,9 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
         raise
     runner.close()
     lease.renew()  # confirmed against the store, not the heartbeat's last word: a take-over just now stops us here
-    result = _finish(config, job, store, run_id, policy, records, history, finalist_records, winner, stop_reason,
-                     next_round, lr_note, started)
+    searched = sum(1 for p in journal.rounds() if p.get("kind") == "search" and p.get("requests"))
+    result = _finish(config, job, journal, policy, records, history, finalist_records, winner, stop_reason,
+                     searched, lr_note, started)
     if winner is not None:
         sink.log({"best_objective": winner.objective}, step=None)
     if own_sink:
@@ -747,7 +686,7 @@ def _run_holding(config: SearchConfig, job: TuningJob, store: Any, run_id: str, 
     return result
 
 
-def _finish(config: SearchConfig, job: TuningJob, store: Any, run_id: str, policy: SearchPolicy,
+def _finish(config: SearchConfig, job: TuningJob, journal: RunJournal, policy: SearchPolicy,
             records: list[dict[str, Any]], history: list[Trial], finalist_records: list[dict[str, Any]],
             winner: Winner | None, stop_reason: str, rounds: int, lr_note: dict[str, Any] | None,
             started: float) -> SearchResult:
@@ -755,48 +694,42 @@ def _finish(config: SearchConfig, job: TuningJob, store: Any, run_id: str, polic
     import tempfile
     from pathlib import Path
 
-    from kftune.io.store import put_json, put_text
+    from kftune.io.store import put_text
     from kftune.nlp import search_report
 
-    prefix = search_prefix(run_id)
-    counts: dict[str, int] = {}
-    for t in history:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    finalist_epochs = sum(int(r.get("budget") or 0) * max(1, len(r.get("runs") or [])) for r in finalist_records)
-    status: Literal["succeeded", "failed"] = "failed" if stop_reason == "failures" else "succeeded"
-    outputs = {name: store.uri_for(f"{prefix}/{name}") for name in OUTPUT_FILES}
-    result = SearchResult(run_id=run_id, status=status, stop_reason=stop_reason,
-                          best=winner.to_dict() if winner is not None else None, trials=counts, rounds=rounds,
-                          search_epochs=_epochs(history), finalist_epochs=finalist_epochs,
+    best = best_record(policy, history, finalist_records, winner, run_id=journal.run_id, rounds=rounds,
+                       lr_range=lr_note)
+    outputs = {name: journal.uri(journal.key(name)) for name in OUTPUT_FILES}
+    result = SearchResult(run_id=journal.run_id, status=best["status"], stop_reason=stop_reason,
+                          best=winner.to_dict() if winner is not None else None, trials=best["trials"], rounds=rounds,
+                          search_epochs=best["search_epochs"], finalist_epochs=best["finalist_epochs"],
                           seconds=round(time.perf_counter() - started, 3), objective_metric=policy.metric,
                           objective_type=policy.objective_type, outputs=outputs, lr_range=lr_note)
+    store = journal.store
     names = list(policy.space.names)
-    best = {**result.to_dict(), "space": policy.space.to_katib(), "space_notes": list(policy.space.notes),
-            "max_trial_count": policy.max_trials, "max_failed_trial_count": policy.search.max_failed_trial_count}
-    best.pop("outputs")
-    put_text(store, f"{prefix}/trials.tsv", search_report.trials_tsv(records, names))
-    put_json(store, f"{prefix}/trials.json", records)
-    put_json(store, f"{prefix}/best.json", best)
+    put_text(store, journal.key("trials.tsv"), search_report.trials_tsv(records, names))
+    journal.write(journal.key("trials.json"), records)
+    journal.write_best(best)
     images: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="kftune-search-") as tmp:
         for name, draw in (("objective.png", search_report.objective_png),
                            ("parameters.png", search_report.parameters_png)):
             path = Path(tmp) / name
             draw(records, policy.space, policy.objective_type, policy.metric, path, title=job.name)
-            store.put_file(f"{prefix}/{name}", path)
+            store.put_file(journal.key(name), path)
             images[name] = path.read_bytes()
-    put_text(store, f"{prefix}/summary.md", search_report.summary_markdown(best, records, names))
-    put_text(store, f"{prefix}/summary.html", search_report.summary_html(best, records, names, images))
+    summary = {**best, "seconds": result.seconds}
+    put_text(store, journal.key("summary.md"), search_report.summary_markdown(summary, records, names))
+    put_text(store, journal.key("summary.html"), search_report.summary_html(summary, records, names, images))
     if not config.keep_checkpoints:
-        for key in store.list(f"{prefix}/checkpoints"):
-            store.delete(key)
-    put_json(store, f"{prefix}/result.json", result.to_dict())
+        journal.delete_checkpoints()
+    journal.write(journal.key("result.json"), result.to_dict())
     if winner is not None:
         log.info("best: %s %s, objective %.4f +- %.4f over %d seed(s) (%s); outputs in %s", winner.trial_id,
                  json.dumps(dict(winner.assignment)), winner.objective, winner.spread, len(winner.values),
-                 winner.chosen_on, store.uri_for(prefix))
+                 winner.chosen_on, journal.uri())
     else:
-        log.warning("no trial produced a result; outputs in %s", store.uri_for(prefix))
+        log.warning("no trial produced a result; outputs in %s", journal.uri())
     return result
 
 

@@ -62,10 +62,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from kftune._version import __version__
-from kftune.core.errors import (ArtifactNotFoundError, ConfigError, DataError, Problem, TrainingInterrupted,
-                                 TrialFailedError)
-from kftune.core.search_policy import (SearchPolicy, checkpoint_key, finalist_key, run_objective, search_prefix,
-                                       spread_of, trial_key)
+from kftune.core.errors import ConfigError, Problem, TrainingInterrupted, TrialFailedError
+from kftune.core.search_policy import SearchPolicy, run_objective, spread_of
+from kftune.io.journal import check_run_id, checkpoint_key
 from kftune.core.space import SearchSpace
 from kftune.core.spec import TuningJob
 from kftune.steps._common import add_common_arguments, run_main
@@ -126,7 +125,7 @@ class TrialConfig:
             value = getattr(self, name)
             if isinstance(value, str) and value.strip():
                 try:
-                    search_prefix(value) if name == "run_id" else trial_key("r", value)
+                    check_run_id(value, f"trial.{name}")
                 except ConfigError as exc:
                     out.extend(Problem(f"trial.{name}", p.message) for p in exc.problems)
         if not isinstance(self.assignment, Mapping):
@@ -183,6 +182,22 @@ def config_for_request(request: Mapping[str, Any], *, corpus: str, store: str, r
     return TrialConfig(**values)
 
 
+def run_planned(request: Any, *, corpus: str, store: str, run_id: str, job: TuningJob,
+                **overrides: Any) -> TrialResult:
+    """Run one request of a planned round (a :class:`~kftune.core.search_policy.TrialRequest`; a pipeline's
+    trial task) with :func:`run`: resumed from its checkpoints, and (medianstop) judged against the trials
+    its round's plan in the journal names, as ``kftune search`` judges it."""
+    from kftune.io.journal import RunJournal
+
+    journal = RunJournal.open(store, run_id)
+    plan = journal.read(journal.round_key(request.round)) or {}
+    ids = set(plan.get("judged") or ())
+    judged = [t for t in journal.trials() if t.id in ids] if ids else []
+    config = config_for_request(request.to_dict(), corpus=corpus, store=store, run_id=run_id,
+                                **{"show_progress": False, **overrides})
+    return run(config, job=job, store=journal.store, stop_history=judged)
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs: space, assignment, corpus
 # --------------------------------------------------------------------------------------------------
@@ -190,20 +205,10 @@ def config_for_request(request: Mapping[str, Any], *, corpus: str, store: str, r
 def search_space_for(store: Any, run_id: str, job: TuningJob) -> SearchSpace:
     """The run's search space: ``runs/<run>/search/space.json`` when the search stored one (the spec's
     space narrowed by the LR range test), else the spec's ``parameters``."""
-    from kftune.io.store import get_json
+    from kftune.io.journal import RunJournal
 
-    key = f"{search_prefix(run_id)}/space.json"
-    try:
-        data = get_json(store, key)
-    except ArtifactNotFoundError:
-        return SearchSpace.from_parameters(job.spec.search.parameters)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{store.uri_for(key)}: not valid JSON ({exc})") from None
-    try:
-        space = SearchSpace.from_katib(data["parameters"])
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{store.uri_for(key)}: not a search space ({exc})") from None
-    return SearchSpace(space.parameters, tuple(data.get("notes") or ()))
+    pinned = RunJournal(store, run_id).read_space()
+    return pinned[0] if pinned is not None else SearchSpace.from_parameters(job.spec.search.parameters)
 
 
 def typed_assignment(space: SearchSpace, raw: Mapping[str, Any], path: str = "trial.assignment") -> dict[str, Any]:
@@ -365,9 +370,11 @@ def run(config: TrialConfig, *, job: TuningJob | None = None, store: Any = None,
         from kftune.io.specfile import load_spec
 
         job = load_spec(config.spec)
-    from kftune.io.store import get_json, open_store, put_json
+    from kftune.io.journal import RunJournal
+    from kftune.io.store import get_json, open_store
 
     store = store if store is not None else open_store(config.store)
+    journal = RunJournal(store, config.run_id)
     space = search_space_for(store, config.run_id, job)
     policy = SearchPolicy(job=job, space=space, seed=job.spec.train.seed)
     policy.check()
@@ -378,8 +385,7 @@ def run(config: TrialConfig, *, job: TuningJob | None = None, store: Any = None,
         raise ConfigError([Problem("trial.budget", f"{budget} epochs is more than the search's maximum budget "
                                                    f"({max_budget}: the halving rule's max_budget or train.maxEpochs)")])
     seeds = tuple(config.seeds) if config.seeds is not None else policy.training_seeds
-    key = (trial_key(config.run_id, config.trial_id) if config.kind == "trial"
-           else finalist_key(config.run_id, config.trial_id, seeds))
+    key = journal.record_key(config.trial_id, config.kind, seeds)
     info, task, splits = load_corpus(config.corpus)
     if task.type != job.spec.task.type:
         raise ConfigError([Problem("spec.task.type", f"{job.spec.task.type}, but the corpus at {config.corpus} "
@@ -402,7 +408,7 @@ def run(config: TrialConfig, *, job: TuningJob | None = None, store: Any = None,
     record.setdefault("objective", None)
     record.setdefault("intermediate", [])
     record.setdefault("budget", 0)
-    put_json(store, key, record)
+    journal.write(key, record)
 
     from kftune.io.metrics import sinks_from_env
 
@@ -419,7 +425,7 @@ def run(config: TrialConfig, *, job: TuningJob | None = None, store: Any = None,
         record.update(outcome)
         record["wall_seconds"] = round(time.perf_counter() - started, 3)
         record["finished_at"] = _now()
-        put_json(store, key, record)
+        journal.write(key, record)
         final: dict[str, float] = {"trial_epochs": float(record["budget"])}
         if record["state"] != "failed" and record["objective"] is not None:
             final = {policy.metric: record["objective"], "trial_objective": record["objective"], **final}
