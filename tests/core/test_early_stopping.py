@@ -1,11 +1,17 @@
-"""Early stopping on hand-built histories: medianstop, successive halving, ASHA; the goal; trial records."""
+"""Early stopping on hand-built histories: the rules' common contract, medianstop, successive halving, ASHA;
+the goal; trial records."""
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Any, ClassVar
+
 import pytest
 
-from kftune.core.early_stopping import (ASHA, EARLY_STOPPING, MedianStop, Promotion, SuccessiveHalving,
-                                        get_early_stopping)
+from kftune.core.algorithm_settings import SettingsReader
+from kftune.core.early_stopping import (ASHA, EARLY_STOPPING, BudgetRule, EarlyStoppingRule, MedianStop, Promotion,
+                                        StoppingRule, SuccessiveHalving, get_early_stopping)
+from kftune.core.early_stopping.base import SETTINGS_PATH
 from kftune.core.early_stopping.successive_halving import _Bracket
 from kftune.core.errors import ConfigError, DataError
 from kftune.core.goal import goal_reached
@@ -17,6 +23,76 @@ def trial(tid: str, values: list[float], state: str = "completed", **kw) -> Tria
     inter = tuple((i + 1, v) for i, v in enumerate(values))
     objective = kw.pop("objective", values[-1] if values and state != "failed" else None)
     return Trial(id=tid, assignment={"x": tid}, state=state, objective=objective, intermediate=inter, **kw)
+
+
+# -- the contract every rule keeps ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(EARLY_STOPPING))
+def test_every_rule_keeps_the_base_contract(name: str) -> None:
+    cls = EARLY_STOPPING[name]
+    assert issubclass(cls, EarlyStoppingRule) and cls.name == name and cls.known_settings
+    assert issubclass(cls, StoppingRule) != issubclass(cls, BudgetRule)  # exactly one of the two shapes
+    rule = cls.from_settings(None, max_epochs=9)
+    assert rule == cls.from_settings([], max_epochs=9) == get_early_stopping(name, {}, max_epochs=9)
+    with pytest.raises(FrozenInstanceError):
+        rule.name_of_a_setting = 1  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as err:  # every problem at once, each at its setting's path
+        cls.from_settings([{"name": "no_such_setting", "value": "1"}, {"name": "other", "value": "2"}], max_epochs=9)
+    assert [p.path for p in err.value.problems] == [f"{SETTINGS_PATH}.no_such_setting", f"{SETTINGS_PATH}.other"]
+    assert SETTINGS_PATH == "spec.search.earlyStopping.algorithmSettings"
+    if isinstance(rule, BudgetRule):
+        rungs = rule.rungs()
+        assert rule.first_budget == rungs[0] and rungs[-1] == rule.max_budget == 9
+        assert [rule.next_budget(b) for b in rungs] == [*rungs[1:], None]
+        assert rule.promotions([], "maximize") == []
+    else:
+        lone = trial("r", [0.1, 0.2, 0.3, 0.4, 0.5], state="running")
+        assert rule.should_stop(lone, [lone], "maximize") is rule.decide(lone, [lone], "maximize").stop is False
+
+
+@dataclass(frozen=True)
+class _Doubling(BudgetRule):
+    """A made-up budget rule (one rung per doubling, everyone promoted): what a new rule, e.g. Hyperband,
+    writes on top of the base class."""
+
+    name: ClassVar[str] = "doubling"
+    synchronous: ClassVar[bool] = False
+    known_settings: ClassVar[dict[str, str]] = {"start": "int >= 1; epochs of the first rung (default 1)"}
+
+    start: int = 1
+    max_budget: int = 8
+
+    @classmethod
+    def _read_settings(cls, reader: SettingsReader, *, max_epochs: int | None) -> dict[str, Any]:
+        return {"start": reader.int("start", 1, minimum=1), "max_budget": max_epochs or 8}
+
+    def rungs(self) -> tuple[int, ...]:
+        out = [self.start]
+        while out[-1] * 2 < self.max_budget:
+            out.append(out[-1] * 2)
+        return (*out, self.max_budget)
+
+    def promotions(self, history, objective):
+        return [Promotion(t.id, nxt) for t in history
+                if t.state == "pruned" and (nxt := self.next_budget(t.budget_used)) is not None]
+
+    def is_pruned(self, trial, history, objective):
+        return False
+
+
+def test_a_new_rule_gets_settings_and_budgets_from_the_base_class() -> None:
+    rule = _Doubling.from_settings({"start": "2"}, max_epochs=12)
+    assert rule == _Doubling(start=2, max_budget=12) and rule.rungs() == (2, 4, 8, 12)
+    assert rule.first_budget == 2 and rule.next_budget(4) == 8 and rule.next_budget(12) is None
+    assert rule.promotions([trial("a", [0.5, 0.6], state="pruned", budget=2)], "maximize") == [Promotion("a", 4)]
+    with pytest.raises(ConfigError) as err:
+        _Doubling.from_settings({"start": "0", "eta": "3"})
+    assert [(p.path, p.message) for p in err.value.problems] == [
+        (f"{SETTINGS_PATH}.eta", "unknown setting for doubling; known settings: ['start']"),
+        (f"{SETTINGS_PATH}.start", "'0': must be >= 1"),
+    ]
+    with pytest.raises(TypeError, match="abstract"):
+        StoppingRule()  # type: ignore[abstract]
 
 
 # -- medianstop -----------------------------------------------------------------------------------------

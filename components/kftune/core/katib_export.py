@@ -56,15 +56,9 @@ from kftune.core.early_stopping import get_early_stopping
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.lr_handoff import apply_lr_range
 from kftune.core.samplers.coarse_to_fine import CoarseToFineConfig, CoarseToFineSampler, top_trials
+from kftune.core.parameters import FeasibleSpace, ParameterSpec, to_katib_parameters
 from kftune.core.space import SearchSpace, narrow
-from kftune.core.spec import (
-    FeasibleSpace,
-    ParameterSpec,
-    Setting,
-    TuningJob,
-    search_to_katib,
-    to_katib_parameters,
-)
+from kftune.core.spec import Setting, TuningJob, search_to_katib
 from kftune.core.trials import Objective, Trial
 
 #: Katib's API group/version and kind.

@@ -1,6 +1,6 @@
 """Hand the LR range test's suggestion to the search: a new ``feasibleSpace`` for one parameter.
 
-:func:`apply_lr_range` takes the search's parameters (Katib ``ParameterSpec`` s, :mod:`kftune.core.spec`)
+:func:`apply_lr_range` takes the search's parameters (Katib ``ParameterSpec`` s, :mod:`kftune.core.parameters`)
 and the range test's ``result.json`` (``RangeTestResult.to_dict()`` plus what ``kftune lr-find`` adds) and
 replaces the ``feasibleSpace`` of the learning-rate parameter by the decade *below* the suggested learning
 rate ``lr`` (the chosen method's, ``result["suggested_lr"]`` or ``result["lr"]``): ``[lr / 10, lr]``,
@@ -38,7 +38,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Mapping, Sequence
 
 from kftune.core.errors import ConfigError, Problem
-from kftune.core.spec import FeasibleSpace, ParameterSpec
+from kftune.core.parameters import FeasibleSpace, ParameterSpec
 
 DEFAULT_PARAMETER = "learning_rate"
 _DIGITS = 3

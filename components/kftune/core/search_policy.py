@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from kftune.core.early_stopping import ASHA, MedianStop, SuccessiveHalving, get_early_stopping
+from kftune.core.early_stopping import BudgetRule, EarlyStoppingRule, StoppingRule, get_early_stopping
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.goal import goal_reached
 from kftune.core.samplers import CoarseToFineSampler, Sampler, get_sampler
@@ -244,22 +244,23 @@ class SearchPolicy:
         return self.search.algorithm.settings()
 
     @cached_property
-    def early_stopping(self) -> MedianStop | SuccessiveHalving | None:
+    def early_stopping(self) -> EarlyStoppingRule | None:
         es = self.search.early_stopping
         if es is None:
             return None
         return get_early_stopping(es.algorithm_name, es.settings(), max_epochs=self.job.spec.train.max_epochs)
 
     @property
-    def halving(self) -> SuccessiveHalving | None:
-        """The successive-halving or ASHA rule, if the search uses one."""
+    def halving(self) -> BudgetRule | None:
+        """The rule that pauses trials at rungs (successive halving, ASHA), if the search uses one."""
         es = self.early_stopping
-        return es if isinstance(es, SuccessiveHalving) else None
+        return es if isinstance(es, BudgetRule) else None
 
     @property
-    def median_stop(self) -> MedianStop | None:
+    def median_stop(self) -> StoppingRule | None:
+        """The rule that judges a running trial after each report (medianstop), if the search uses one."""
         es = self.early_stopping
-        return es if isinstance(es, MedianStop) else None
+        return es if isinstance(es, StoppingRule) else None
 
     @property
     def max_budget(self) -> int:
@@ -297,7 +298,7 @@ class SearchPolicy:
             problems.extend(exc.problems)
         try:
             rule = self.early_stopping
-            if rule is not None and isinstance(rule, SuccessiveHalving) and rule.max_budget > self.job.spec.train.max_epochs:
+            if isinstance(rule, BudgetRule) and rule.max_budget > self.job.spec.train.max_epochs:
                 problems.append(Problem("spec.search.earlyStopping.algorithmSettings.max_budget",
                                         f"{rule.max_budget} is more than train.maxEpochs "
                                         f"({self.job.spec.train.max_epochs}); lower it or raise maxEpochs"))

@@ -44,14 +44,10 @@ from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
 from kftune.core.errors import ConfigError, Problem
-from kftune.core.spec import FeasibleSpace, ParameterSpec
+from kftune.core.parameters import DISTRIBUTIONS, LOG_DISTRIBUTIONS, PARAMETER_TYPES, FeasibleSpace, ParameterSpec
 from kftune.core.trials import Assignment, Value
 
 log = logging.getLogger(__name__)
-
-PARAMETER_TYPES = ("double", "int", "discrete", "categorical")
-DISTRIBUTIONS = ("uniform", "logUniform", "normal", "logNormal")
-LOG_DISTRIBUTIONS = ("logUniform", "logNormal")
 
 _PARAMS_PATH = "spec.search.parameters"
 

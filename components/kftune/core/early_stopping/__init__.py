@@ -2,25 +2,29 @@
 ``successive-halving`` (synchronous) and ``asha`` (asynchronous), which pause trials at rungs and
 resume the promoted ones from their checkpoints.
 
-Two shapes, for the two ways a search runs a trial:
+Every rule keeps the contract of :class:`~kftune.core.early_stopping.base.EarlyStoppingRule` and takes one of
+its two shapes, for the two ways a search runs a trial:
 
-* :class:`MedianStop` judges a running trial after each report: ``should_stop(trial, history, objective)``.
-* :class:`SuccessiveHalving` / :class:`ASHA` give a budget per rung: a new trial trains
+* a :class:`StoppingRule` (:class:`MedianStop`) judges a running trial after each report:
+  ``should_stop(trial, history, objective)``.
+* a :class:`BudgetRule` (:class:`SuccessiveHalving`, :class:`ASHA`) gives a budget per rung: a new trial trains
   ``first_budget`` epochs and pauses; ``promotions(history, objective)`` lists the paused trials to
   resume and up to which budget; ``is_pruned`` says which are (now) left behind.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
-from kftune.core.early_stopping.medianstop import MedianStop, StopDecision
-from kftune.core.early_stopping.successive_halving import ASHA, Promotion, SuccessiveHalving
+from kftune.core.early_stopping.base import BudgetRule, EarlyStoppingRule, Promotion, StopDecision, StoppingRule
+from kftune.core.early_stopping.medianstop import MedianStop
+from kftune.core.early_stopping.successive_halving import ASHA, SuccessiveHalving
 from kftune.core.errors import ConfigError, Problem
 
-EarlyStopping = Union[MedianStop, SuccessiveHalving]
+#: Any rule (the name earlier code used; the base class itself).
+EarlyStopping = EarlyStoppingRule
 
-EARLY_STOPPING: dict[str, type] = {
+EARLY_STOPPING: dict[str, type[EarlyStoppingRule]] = {
     "medianstop": MedianStop,
     "successive-halving": SuccessiveHalving,
     "asha": ASHA,
@@ -28,7 +32,7 @@ EARLY_STOPPING: dict[str, type] = {
 
 
 def get_early_stopping(name: str, settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
-                       max_epochs: int | None = None) -> EarlyStopping:
+                       max_epochs: int | None = None) -> EarlyStoppingRule:
     """The rule for ``earlyStopping.algorithmName`` ``name`` configured from its ``algorithmSettings``.
 
     ``max_epochs`` (the training's maxEpochs) is the default ``max_budget`` of the halving rules.
@@ -43,5 +47,5 @@ def get_early_stopping(name: str, settings: Mapping[str, Any] | Sequence[Mapping
     return cls.from_settings(settings, max_epochs=max_epochs)
 
 
-__all__ = ["ASHA", "EARLY_STOPPING", "EarlyStopping", "MedianStop", "Promotion", "StopDecision",
-           "SuccessiveHalving", "get_early_stopping"]
+__all__ = ["ASHA", "EARLY_STOPPING", "BudgetRule", "EarlyStopping", "EarlyStoppingRule", "MedianStop", "Promotion",
+           "StopDecision", "StoppingRule", "SuccessiveHalving", "get_early_stopping"]

@@ -27,22 +27,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 from kftune.core import limits
-from kftune.core.samplers.base import SettingsReader
+from kftune.core.algorithm_settings import SettingsReader
+from kftune.core.early_stopping.base import SETTINGS_PATH, StopDecision, StoppingRule
 from kftune.core.trials import Objective, Trial, check_objective, is_better
 
-SETTINGS_PATH = "spec.search.earlyStopping.algorithmSettings"
-
 
 @dataclass(frozen=True)
-class StopDecision:
-    """Whether to stop a trial now, and why (a sentence for the trial record)."""
-
-    stop: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class MedianStop:
+class MedianStop(StoppingRule):
     """The median stopping rule with Katib's settings. Pure: decisions depend only on the arguments."""
 
     name: ClassVar[str] = "medianstop"
@@ -55,14 +46,10 @@ class MedianStop:
     start_step: int = 4
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-                      **_: Any) -> "MedianStop":
-        """Read Katib ``algorithmSettings``; :class:`ConfigError` for unknown names or bad values."""
-        r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
-        out = cls(min_trials_required=r.int("min_trials_required", 3, minimum=1, maximum=limits.MAX_TRIALS, unit="trials"),  # type: ignore[arg-type]
-                  start_step=r.int("start_step", 4, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs"))  # type: ignore[arg-type]
-        r.done()
-        return out
+    def _read_settings(cls, reader: SettingsReader, *, max_epochs: int | None) -> dict[str, Any]:
+        return {"min_trials_required": reader.int("min_trials_required", 3, minimum=1, maximum=limits.MAX_TRIALS,
+                                                  unit="trials"),
+                "start_step": reader.int("start_step", 4, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")}
 
     def median_at(self, history: Sequence[Trial], step: int, exclude: str | None = None) -> tuple[float, int] | None:
         """The median over completed trials of their running average up to ``step``, and how many.
@@ -99,6 +86,5 @@ class MedianStop:
                                       f"{median:.6g} of {count} completed trials' running averages")
         return StopDecision(False, f"best value {best:.6g} is not worse than the median {median:.6g}")
 
-    def should_stop(self, trial: Trial, history: Sequence[Trial], objective: Objective) -> bool:
-        """Whether ``trial`` (running, with its intermediate values so far) should be stopped now."""
-        return self.decide(trial, history, objective).stop
+
+__all__ = ["SETTINGS_PATH", "MedianStop", "StopDecision"]

@@ -42,14 +42,13 @@ slow starter is not judged against a full cohort at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from kftune.core import limits
+from kftune.core.algorithm_settings import SettingsReader
+from kftune.core.early_stopping.base import SETTINGS_PATH, BudgetRule, Promotion
 from kftune.core.errors import ConfigError, Problem
-from kftune.core.samplers.base import SettingsReader
 from kftune.core.trials import Objective, Trial, check_objective, sign
-
-SETTINGS_PATH = "spec.search.earlyStopping.algorithmSettings"
 
 #: Epochs of the first rung unless ``min_budget`` is set (see the module docstring for why not 1).
 DEFAULT_MIN_BUDGET = 2
@@ -59,13 +58,6 @@ def default_min_budget(max_budget: int | None) -> int:
     """``min_budget`` when the settings leave it out: :data:`DEFAULT_MIN_BUDGET`, or 1 when ``max_budget``
     leaves no room above it (a 2-epoch search halves at 1 epoch)."""
     return DEFAULT_MIN_BUDGET if max_budget is None or max_budget > DEFAULT_MIN_BUDGET else 1
-
-
-class Promotion(NamedTuple):
-    """Resume trial ``trial_id`` from its checkpoint and train it up to ``budget`` epochs in total."""
-
-    trial_id: str
-    budget: int
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ class _Bracket:
 
 
 @dataclass(frozen=True)
-class SuccessiveHalving:
+class SuccessiveHalving(BudgetRule):
     """Synchronous successive halving over an explicit history. Pure: no state between calls."""
 
     name: ClassVar[str] = "successive-halving"
@@ -136,18 +128,16 @@ class SuccessiveHalving:
             raise ConfigError(problems)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
-                      max_epochs: int | None = None) -> "SuccessiveHalving":
-        """Read ``algorithmSettings``; ``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
-        r = SettingsReader(settings, known=cls.known_settings, algorithm=cls.name, path=SETTINGS_PATH)
-        eta = r.int("eta", cls.eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")  # the class's field default: 2, ASHA's 3
-        max_budget = r.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
-        min_budget = r.int("min_budget", default_min_budget(max_budget), minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
-        r.done()
-        if max_budget is None:
-            raise ConfigError([Problem(f"{SETTINGS_PATH}.max_budget",
-                                       "not set: give max_budget (epochs) or the training's maxEpochs")])
-        return cls(eta=eta, min_budget=min_budget, max_budget=max_budget)  # type: ignore[arg-type]
+    def _read_settings(cls, reader: SettingsReader, *, max_epochs: int | None) -> dict[str, Any]:
+        """``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
+        eta = reader.int("eta", cls.eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")  # the class's field default: 2, ASHA's 3
+        max_budget = reader.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
+        min_budget = reader.int("min_budget", default_min_budget(max_budget), minimum=1, maximum=limits.MAX_EPOCHS,
+                                unit="epochs")
+        if max_budget is None and not reader.problems:  # reported alone, once the settings themselves are good
+            reader.problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
+                                           "not set: give max_budget (epochs) or the training's maxEpochs"))
+        return {"eta": eta, "min_budget": min_budget, "max_budget": max_budget}
 
     # -- rung math ------------------------------------------------------------------------------
     @property
@@ -157,11 +147,6 @@ class SuccessiveHalving:
     def rungs(self) -> tuple[int, ...]:
         """The rung budgets in epochs, ascending, the last one ``max_budget``."""
         return self._bracket.rungs
-
-    @property
-    def first_budget(self) -> int:
-        """The budget a new trial trains for before its first decision."""
-        return self.rungs()[0]
 
     def next_budget(self, budget: int) -> int | None:
         """The rung above ``budget`` epochs (where a promoted trial stops next), or ``None`` at the top."""
@@ -228,3 +213,6 @@ class ASHA(SuccessiveHalving):
         **SuccessiveHalving.known_settings, "eta": "int >= 2; 1/eta of the trials at a rung go on (default 3)"}
 
     eta: int = 3
+
+
+__all__ = ["ASHA", "DEFAULT_MIN_BUDGET", "SETTINGS_PATH", "Promotion", "SuccessiveHalving", "default_min_budget"]
