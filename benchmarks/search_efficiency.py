@@ -273,6 +273,7 @@ class TrialFunction:
 
         import torch
 
+        from kftune.io.store import open_store
         from kftune.nlp.checkpoint import seed_everything
         from kftune.nlp.config import Hyperparameters, TrainerConfig
         from kftune.nlp.models import build_model
@@ -287,7 +288,7 @@ class TrialFunction:
         encoder, train, dev, weights = _encoded(self.corpus, self.task, self.splits, hp)
         seed_everything(seed)
         model = build_model(self.task.type, hp, encoder, pretrained_weights=weights,
-                            storage_mode=tcfg.embeddings_storage_mode)
+                            storage_mode=tcfg.embeddings_storage_mode, open_store=open_store)
         return hp, tcfg, encoder, (train, dev), model
 
     def __call__(self, assignment: Mapping[str, Any], epochs: int, seed: int,

@@ -137,7 +137,8 @@ def _memory(device: str) -> dict[str, float]:
 
 
 def worker_kftune(corpus: Path, epochs: int, threads: int, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    from kftune.nlp.checkpoint import local_checkpoint_store, seed_everything
+    from kftune.io.store import open_store
+    from kftune.nlp.checkpoint import CheckpointStore, seed_everything
     from kftune.nlp.config import TrainerConfig
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer
@@ -148,7 +149,7 @@ def worker_kftune(corpus: Path, epochs: int, threads: int, device: str, override
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, enc, train, dev, hp,
                           TrainerConfig(max_epochs=epochs, patience=epochs, device=device, seed=1),
-                          checkpoints=local_checkpoint_store(tmp), show_progress=True)
+                          checkpoints=CheckpointStore(open_store(tmp), "checkpoint.pt"), show_progress=True)
         start = time.perf_counter()
         result = trainer.fit()
         wall = time.perf_counter() - start
@@ -239,7 +240,8 @@ def worker_paired(corpus: Path, epochs: int, threads: int, device: str, override
     epoch is the time from the end of the previous callback to the start of the next one (training,
     dev evaluation, the previous epoch's background checkpoint write); per epoch: wall time and
     process CPU time (the checkpoint thread's CPU included). Epoch 1 is warm-up."""
-    from kftune.nlp.checkpoint import local_checkpoint_store, seed_everything
+    from kftune.io.store import open_store
+    from kftune.nlp.checkpoint import CheckpointStore, seed_everything
     from kftune.nlp.config import TrainerConfig
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer
@@ -263,7 +265,7 @@ def worker_paired(corpus: Path, epochs: int, threads: int, device: str, override
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, enc, train, dev, hp,
                           TrainerConfig(max_epochs=epochs, patience=epochs, device=device, seed=1),
-                          checkpoints=local_checkpoint_store(tmp), callbacks=[run_bare_epoch], show_progress=True)
+                          checkpoints=CheckpointStore(open_store(tmp), "checkpoint.pt"), callbacks=[run_bare_epoch], show_progress=True)
         clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
         trainer.fit()
     return {"epochs": epochs, "times": times, "dev_score_kftune": trainer.history[-1].dev_score,

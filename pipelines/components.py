@@ -9,8 +9,11 @@ calls the step's ``run()``, and logs the result to KFP's typed outputs. Compilin
 neither torch nor the steps. The first docstring line of a component is its description; the
 ``Args:`` entries become the descriptions of its inputs.
 
-Each body parses its inputs (the effective spec from the ``job_spec`` artifact, JSON parameters), calls
-one step, and logs the result; the logic lives in the steps, which are tested without KFP. Data flow
+Each body parses its inputs (the effective spec from the ``job_spec`` artifact, once, into a
+:class:`~kftune.core.spec.TuningJob`; JSON parameters), calls one function of one step (its ``run`` or a
+``run_*`` variant for the pipeline) with the parsed objects, and logs the result to KFP's outputs; the logic
+lives in the steps, which are tested without KFP (``tests/pipelines/test_components.py`` holds every body to
+that: one step call, at most :data:`MAX_BODY_STATEMENTS` statements). Data flow
 (see :mod:`kftune.pipelines.pipeline`):
 
 - ``resolve-spec`` (:func:`kftune.steps.resolve.run`) applies the run's parameters to the TuningJob spec,
@@ -23,12 +26,14 @@ one step, and logs the result; the logic lives in the steps, which are tested wi
   the run's journal (``runs/<run>/search/space.json``);
 - per round, ``suggest`` (:func:`kftune.steps.suggest.run`) plans the round with the planner rule that
   ``kftune search`` uses (:meth:`kftune.core.search_policy.SearchPolicy.plan_round`) and returns it in
-  batches of ``parallel_trials``; ``trial`` (:func:`kftune.steps.trial.run_planned`) trains one request
-  and writes its record to the journal; the last round re-trains the finalists;
+  batches of ``parallel_trials``; ``trial`` (:func:`kftune.steps.trial.run_item`, which hands a request to
+  :func:`~kftune.steps.trial.run_planned`) trains one request and writes its record to the journal; the
+  last round re-trains the finalists;
 - ``select-best`` (:func:`kftune.steps.select_best.run`) names the winner and writes ``best.json`` (the
-  schema ``kftune search`` writes), ``final-training`` (:func:`kftune.steps.train.run`) trains it (and
-  returns the model's URI in the store), ``evaluate`` scores it on the test split, ``report`` writes the
-  report;
+  schema ``kftune search`` writes), ``final-training`` (:func:`kftune.steps.train.run_final`) trains it (and
+  returns the model's URI in the store), ``evaluate`` (:func:`kftune.steps.evaluate.run`) scores it on the
+  test split, ``report`` (:func:`kftune.steps.report.run_pipeline`) writes the report and releases the
+  run's lease;
 - ``deploy`` (only when the run's ``deploy`` parameter is true) creates or patches the KServe
   InferenceService that serves the final model (:func:`kftune.steps.deploy.run`).
 
@@ -43,6 +48,9 @@ from typing import List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+#: The most statements a component body may have (imports included, the docstring not).
+MAX_BODY_STATEMENTS = 15
 
 # --------------------------------------------------------------------------------------------------
 # The component functions. Nothing outside a function body is available when it runs.
@@ -107,22 +115,16 @@ def prepare_corpus(corpus_config: str, corpus: Output[Dataset], card: Output[Mar
     Args:
         corpus_config: The corpus step's settings as JSON (from resolve-spec; the cache key of this task).
     """
-    import json
     import shutil
     from pathlib import Path
 
     from kftune.steps import corpus as step
 
-    settings = json.loads(corpus_config)
-    settings["text_columns"] = tuple(settings.get("text_columns") or ())
-    result = step.run(step.CorpusConfig(out=corpus.path, **settings))
+    result = step.run(step.CorpusConfig.from_settings(corpus_config, out=corpus.path))
     shutil.copyfile(Path(corpus.path) / "card.md", card.path)
-    for split, stats in result.splits.items():
-        metrics.log_metric(f"{split}_examples", stats.examples)
-        metrics.log_metric(f"{split}_tokens", stats.tokens)
-    metrics.log_metric("labels", len(result.labels))
-    corpus.metadata.update({"name": result.name, "task": result.task, "label_type": result.label_type,
-                            "labels": len(result.labels)})
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    corpus.metadata.update(result.summary)
 
 
 def lr_range_test(
@@ -225,27 +227,16 @@ def trial(job_spec: Input[Artifact], corpus: Input[Dataset], item: str, metrics:
     import json
     from pathlib import Path
 
-    data = json.loads(item)
-    if data.get("skip"):
-        print(f"round {data.get('round')}: nothing to train ({data.get('reason')})")
-        metrics.log_metric("skipped", 1)
-        return json.dumps({"skip": True, "round": data.get("round")})
-
-    from kftune.core.search_policy import TrialRequest
     from kftune.core.spec import parse_spec
     from kftune.steps import trial as step
 
-    request = TrialRequest.from_dict(data["request"])
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    result = step.run_planned(request, corpus=corpus.path, store=data["store"], run_id=data["run_id"], job=job)
-    record = result.record
-    if record.get("objective") is not None:
-        metrics.log_metric("objective", record["objective"])
-    metrics.log_metric("epochs", record.get("budget") or 0)
-    return json.dumps({"trial_id": request.trial_id, "kind": request.kind, "round": request.round,
-                       "state": record["state"], "objective": record.get("objective"),
-                       "budget": record.get("budget"), "reason": record.get("reason"), "record": result.uri},
-                      sort_keys=True)
+    result = step.run_item(item, corpus=corpus.path, job=job)
+    if result.note:
+        print(result.note)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    return json.dumps(result.summary, sort_keys=True)
 
 
 def select_best(
@@ -300,49 +291,20 @@ def final_training(
     Args:
         best: The winner as JSON (select-best's output).
     """
-    import base64
-    import dataclasses
-    import html
     import json
     from pathlib import Path
 
     from kftune.core.spec import parse_spec
-    from kftune.io.journal import RunJournal
-    from kftune.io.store import open_store
-    from kftune.nlp.config import Hyperparameters, TrainerConfig
     from kftune.steps import train as step
 
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
-    winner = json.loads(best)
-    hp = Hyperparameters.from_mapping({**dict(job.spec.model), **winner["assignment"]}, job.spec.task.type,
-                                      path="final.hyperparameters")
-    trainer = TrainerConfig(**dataclasses.asdict(job.spec.train))
-    out = RunJournal.open(store, run_id).run_uri("final")
-    result = step.run(step.TrainConfig(corpus=corpus.path, out=out, hyperparameters=hp, trainer=trainer,
-                                       task_type=job.spec.task.type, resume=True, run_id=run_id, trial="final",
-                                       show_progress=False))
-    source = open_store(out)
-    target = Path(model.path)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "result.json", "loss.tsv", "training_curve.png", "weights.tsv", "weights.png"):
-        if source.exists(name):
-            source.get_file(name, target / name)
-    model.metadata.update({"framework": "pytorch", "task": result.task, "dev_score": result.dev_score,
-                           "epochs": result.epochs, "best_epoch": result.best_epoch, "trial": winner["trial_id"]})
-    metrics.log_metric("dev_score", result.dev_score)
-    metrics.log_metric("epochs", result.epochs)
-    metrics.log_metric("best_epoch", result.best_epoch)
-    image = ""
-    if (target / "training_curve.png").is_file():
-        data = base64.b64encode((target / "training_curve.png").read_bytes()).decode()
-        image = f'<img alt="training curve" src="data:image/png;base64,{data}">'
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                   for k, v in sorted(result.hyperparameters.items()))
-    Path(curve.path).write_text(
-        f"<html><body><h1>Final training</h1><p>dev score {result.dev_score:.4f}, best epoch {result.best_epoch} "
-        f"of {result.epochs} ({html.escape(result.status)})</p>{image}<h2>Hyperparameters</h2>"
-        f"<table>{rows}</table></body></html>\n", encoding="utf-8")
-    return result.model_uri or f"{out}/model.pt"
+    result = step.run_final(step.FinalConfig(corpus=corpus.path, store=store, run_id=run_id, best=json.loads(best),
+                                             model_dir=model.path), job=job)
+    model.metadata.update(result.metadata)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    Path(curve.path).write_text(result.html, encoding="utf-8")
+    return result.model_uri
 
 
 def evaluate(
@@ -358,28 +320,21 @@ def evaluate(
     and (spec.evaluation.baseline) the baseline trained on the same train split beside it; returns the
     main test score."""
     import json
-    import shutil
     from pathlib import Path
 
     from kftune.core.spec import parse_spec
-    from kftune.nlp.evaluation import to_kfp_confusion_matrix
     from kftune.steps import evaluate as step
 
     job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
     result = step.run(step.EvaluateConfig(model=str(Path(model.path) / "model.pt"), corpus=corpus.path,
                                           out=evaluation.path, split="test", baseline=job.spec.evaluation.baseline))
-    e = result.evaluation
-    if e.has_confusion:
-        categories, matrix = to_kfp_confusion_matrix(e)
-        confusion.log_confusion_matrix(categories, matrix)
+    if result.confusion is not None:
+        confusion.log_confusion_matrix(*result.confusion)
     for name, value in result.metrics.items():  # test_score, ..., baseline_test_score, delta_vs_baseline
         metrics.log_metric(name, value)
-    shutil.copyfile(Path(evaluation.path) / "report.md", report.path)
-    evaluation.metadata.update({"main_score_name": e.main_score_name, "main_score": e.main_score})
-    if result.baseline is not None:
-        evaluation.metadata.update({"baseline": result.baseline.method, "baseline_score": result.baseline.test_score,
-                                    "delta_vs_baseline": result.delta_vs_baseline})
-    return float(e.main_score)
+    Path(report.path).write_text(result.markdown, encoding="utf-8")
+    evaluation.metadata.update(result.metadata)
+    return float(result.main_score)
 
 
 def report(
@@ -407,35 +362,19 @@ def report(
         job_id: The KFP run id (a placeholder the backend fills).
     """
     import json
-    import shutil
-    import tempfile
     from pathlib import Path
 
-    from kftune.io.journal import RunJournal
+    from kftune.core.spec import parse_spec
     from kftune.steps import report as step
 
-    journal = RunJournal.open(store, run_id)
-    with tempfile.TemporaryDirectory(prefix="kftune-report-") as tmp:
-        spec_file, best_file = Path(tmp) / "spec.json", Path(tmp) / "best.json"
-        shutil.copyfile(job_spec.path, spec_file)
-        best_file.write_text(best, encoding="utf-8")
-        lr = lr_test.path if (Path(lr_test.path) / "result.json").is_file() else None
-        result = step.run(step.ReportConfig(
-            out=journal.run_uri("report"), corpus=corpus.path, lr_find=lr,
-            trials=journal.run_uri("search/trials"), best=str(best_file), train=model.path,
-            evaluation=evaluation.path, spec=str(spec_file)))
-        from kftune.io.store import open_store
-
-        out = open_store(result.out)
-        out.get_file(step.REPORT_MD, markdown.path)
-        out.get_file(step.REPORT_HTML, page.path)
-    from kftune.io.lease import pipeline_owner, release_for_pipeline
-
-    release_for_pipeline(journal.store, run_id, pipeline_owner(lease_owner, job_id))
-    summary = dict(result.summary)
-    summary["run_id"] = run_id
-    summary["store"] = store
-    return json.dumps(summary, sort_keys=True)
+    job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
+    result = step.run_pipeline(step.RunReportConfig(store=store, run_id=run_id, corpus=corpus.path,
+                                                    lr_find=lr_test.path, train=model.path, evaluation=evaluation.path,
+                                                    lease_owner=lease_owner, job_id=job_id),
+                               job=job, best=json.loads(best))
+    Path(markdown.path).write_text(result.markdown, encoding="utf-8")
+    Path(page.path).write_text(result.html, encoding="utf-8")
+    return json.dumps(result.summary, sort_keys=True)
 
 
 def deploy(
@@ -472,23 +411,14 @@ def deploy(
     import json
     from pathlib import Path
 
+    from kftune.core.spec import parse_spec
     from kftune.steps import deploy as step
 
-    job = json.loads(Path(job_spec.path).read_text(encoding="utf-8"))
-    name = service_name.strip() or step.service_name_for(job["metadata"]["name"])
-    result = step.run(step.DeployConfig(
-        name=name, model=model_uri, namespace=namespace.strip(), image=image.strip() or None,
-        registry=registry or None, gpus=gpus, node_selector=dict(node_selector) if gpus else {},
-        tolerations=tuple(tolerations) if gpus and tolerations else None, wait=timeout > 0,
-        timeout=float(timeout) if timeout > 0 else 600.0))
-    state = {True: "Ready", False: "not ready yet", None: "not waited for"}[result.ready]
-    lines = [f"# InferenceService {result.namespace}/{result.name}", "",
-             f"{result.action.capitalize()}: serves `{result.model}` with `{result.image}` ({state}).", ""]
-    if result.url:
-        lines += [f"URL: {result.url}", "", f"- KServe V1: `POST {result.url}/v1/models/{result.name}:predict`",
-                  f"- Open Inference Protocol (V2): `POST {result.url}/v2/models/{result.name}/infer`",
-                  f"- plain: `POST {result.url}/predict`"]
-    Path(service.path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = parse_spec(json.loads(Path(job_spec.path).read_text(encoding="utf-8")))
+    result = step.run(step.DeployConfig.from_pipeline(
+        job, service_name=service_name, model=model_uri, namespace=namespace, image=image, registry=registry,
+        gpus=gpus, node_selector=node_selector, tolerations=tolerations, timeout=timeout))
+    Path(service.path).write_text(result.markdown(), encoding="utf-8")
     return json.dumps(result.to_dict(), sort_keys=True)
 
 

@@ -186,3 +186,85 @@ def test_lr_range_result_sets_the_learning_rate_space(capsys, tmp_path):
     # the decade below the suggested lr, not the test's [base_lr, max_lr]
     assert lr["feasibleSpace"] == {"min": "0.0002", "max": "0.002", "distribution": "logUniform"}
     assert "does not run the LR range test" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# --apply and --watch: the real kubernetes client against the loopback Katib API (tests/fixtures/katib_api.py)
+
+from tests.fixtures.katib_api import (FAILURE, NS, FakeKatib, Server, fake, kubeconfig, server,  # noqa: E402,F401
+                                      status_created, status_running, status_succeeded)
+
+WNUT = ROOT / "examples" / "wnut17.yaml"
+
+
+def _optimal_for(body: dict) -> dict:
+    """A best trial for the Experiment ``body``: each parameter at the first value of its feasible space."""
+    def first(p: dict) -> str:
+        space = p["feasibleSpace"]
+        return space["list"][0] if "list" in space else space["min"]
+
+    return {"bestTrialName": f"{body['metadata']['name']}-t1",
+            "parameterAssignments": [{"name": p["name"], "value": first(p)} for p in body["spec"]["parameters"]],
+            "observation": {"metrics": [{"name": "dev_score", "min": "0.41", "max": "0.52", "latest": "0.5"}]}}
+
+
+@pytest.fixture
+def cluster(server: Server, fake: FakeKatib, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+    """A kubeconfig for the loopback API (context namespace kubeflow-user); no pod settings."""
+    from kftune.io import kube
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(kube, "SERVICEACCOUNT_NAMESPACE_FILE", str(tmp_path / "no-namespace-file"))
+    return kubeconfig(server, tmp_path / "kubeconfig")
+
+
+def test_apply_creates_the_printed_experiment_in_the_context_s_namespace(capsys, cluster: Path,
+                                                                          fake: FakeKatib) -> None:  # noqa: F811
+    code, printed, _ = run(capsys, str(WNUT))
+    assert code == 0
+    code, out, err = run(capsys, str(WNUT), "--apply", "--kubeconfig", str(cluster))
+    assert code == 0, err
+    assert json.loads(out) == {"name": "wnut17", "namespace": NS, "uid": "uid-wnut17"}
+    stored = fake.objects[(NS, "wnut17")]
+    expected = yaml.safe_load(printed)
+    assert {k: stored[k] for k in ("apiVersion", "kind", "spec")} == {k: expected[k] for k in ("apiVersion", "kind",
+                                                                                              "spec")}
+    assert stored["metadata"]["annotations"] == expected["metadata"]["annotations"]
+    assert [v for v, *_ in fake.requests] == ["create"] and fake.requests[0][3] == "Bearer t0ken"
+    assert "note: " in err  # the notes still go to stderr
+
+
+def test_apply_and_watch_follow_it_to_the_best_trial(capsys, cluster: Path, fake: FakeKatib) -> None:  # noqa: F811
+    _, printed, _ = run(capsys, str(WNUT))
+    body = yaml.safe_load(printed)
+    fake.timeline = [status_created(), status_running(), status_succeeded(_optimal_for(body))]
+    code, out, err = run(capsys, str(WNUT), "--apply", "--watch", "--timeout", "30", "--namespace", NS,
+                         "--kubeconfig", str(cluster))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["name"] == "wnut17" and result["namespace"] == NS and result["best_trial_name"] == "wnut17-t1"
+    assert result["assignment"]["learning_rate"] == 0.002 and result["assignment"]["hidden_size"] == "128"  # typed
+    assert result["assignment"]["char_embeddings"] == "lstm"
+    assert result["objective_value"] == 0.52 and result["objective_metric_name"] == "dev_score"  # max: maximize
+    verbs = [v for v, *_ in fake.requests]
+    assert verbs[0] == "create" and "watch" in verbs
+    # --watch alone follows the Experiment applied earlier; --if-exists follow makes a second --apply follow it
+    code, again, err = run(capsys, str(WNUT), "--watch", "--kubeconfig", str(cluster))
+    assert code == 0 and json.loads(again) == result
+    code, _, err = run(capsys, str(WNUT), "--apply", "--kubeconfig", str(cluster))
+    assert code == 1 and "already exists" in err
+    code, followed, err = run(capsys, str(WNUT), "--apply", "--if-exists", "follow", "--kubeconfig", str(cluster))
+    assert code == 0 and json.loads(followed)["uid"] == "uid-wnut17"
+
+
+def test_a_failed_experiment_and_a_missing_katib_exit_1_saying_why(capsys, cluster: Path,
+                                                                    fake: FakeKatib) -> None:  # noqa: F811
+    fake.timeline = list(FAILURE)
+    code, out, err = run(capsys, str(WNUT), "--apply", "--watch", "--timeout", "30", "--kubeconfig", str(cluster))
+    assert code == 1 and out == ""
+    assert "Katib Experiment kubeflow-user/wnut17 failed: ExperimentFailed" in err
+    fake.crd_installed = False
+    code, _, err = run(capsys, str(WNUT), "--apply", "--kubeconfig", str(cluster))
+    assert code == 1 and "Katib is not installed" in err
+    code, _, err = run(capsys, str(WNUT), "--watch", "--timeout", "0", "--kubeconfig", str(cluster))
+    assert code == 2 and "--timeout" in err

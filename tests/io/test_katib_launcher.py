@@ -1,12 +1,7 @@
-"""The Katib launcher against a loopback Kubernetes API: the real ``kubernetes`` client
-(``CustomObjectsApi`` + ``watch.Watch``) talks HTTP to a small server on 127.0.0.1 that serves the
+"""The Katib launcher against a loopback Kubernetes API (tests/fixtures/katib_api.py): the real ``kubernetes``
+client (``CustomObjectsApi`` + ``watch.Watch``) talks HTTP to a small server on 127.0.0.1 that serves the
 custom-objects endpoints the launcher calls, with Katib's shapes and a scripted "controller" that
-moves each Experiment through its conditions:
-
-    POST   /apis/kubeflow.org/v1beta1/namespaces/<ns>/experiments
-    GET    /apis/kubeflow.org/v1beta1/namespaces/<ns>/experiments/<name>
-    GET    /apis/kubeflow.org/v1beta1/namespaces/<ns>/experiments?watch=true&fieldSelector=...
-    DELETE /apis/kubeflow.org/v1beta1/namespaces/<ns>/experiments/<name>
+moves each Experiment through its conditions.
 
 Covered: success (watch and polling), a failed Experiment, timeouts (watch and polling), RBAC
 denial (create and watch), a missing CRD, a missing namespace, an expired watch (410), transient
@@ -17,16 +12,9 @@ policies, kubeconfig loading; and the shapes used here round-trip through Katib'
 from __future__ import annotations
 
 import copy
-import itertools
 import json
-import re
-import threading
-import time
-import urllib.parse
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -37,11 +25,10 @@ from kftune.io.katib import (CustomObjectsApi, ExperimentFailedError, Experiment
                              KatibNotInstalledError, KatibPermissionError, experiment_phase, load_api,
                              translate_error)
 from tests.fixtures.k8s_api import status as k8s_status
+from tests.fixtures.katib_api import (DELETE, FAILURE, FOREVER, NS, TS, FakeKatib, Server, api, fake,  # noqa: F401
+                                      kubeconfig, server, status_created, status_failed, status_running,
+                                      status_succeeded)
 
-NS = "kubeflow-user"
-TS = "2026-01-01T00:00:00Z"
-TICK_S = 0.02   # the fake controller's step
-PATH = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/experiments(?:/([^/]+))?$")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,326 +84,6 @@ def experiment_body(name: str = "trec6-search", objective_type: str = "maximize"
         },
     }
 
-
-def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message,
-            "lastUpdateTime": TS, "lastTransitionTime": TS}
-
-
-CREATED = _condition("Created", True, "ExperimentCreated", "Experiment is created")
-RUNNING = _condition("Running", True, "ExperimentRunning", "Experiment is running")
-NOT_RUNNING = _condition("Running", False, "ExperimentRunning", "Experiment is running")
-
-OPTIMAL = {
-    "bestTrialName": "trec6-search-x7k2p9",
-    "parameterAssignments": [
-        {"name": "learning_rate", "value": "0.0123"}, {"name": "hidden_size", "value": "256"},
-        {"name": "batch_size", "value": "32"}, {"name": "optimizer", "value": "adam"},
-    ],
-    "observation": {"metrics": [
-        {"name": "dev_score", "min": "0.712", "max": "0.934", "latest": "0.931"},
-        {"name": "train_loss", "min": "0.105", "max": "1.73", "latest": "0.105"},
-    ]},
-}
-
-
-def status_created() -> dict[str, Any]:
-    return {"startTime": TS, "conditions": [CREATED]}
-
-
-def status_running(succeeded: int = 0, running: int = 2, optimal: bool = False) -> dict[str, Any]:
-    names = [f"trec6-search-t{i}" for i in range(succeeded + running)]
-    status: dict[str, Any] = {
-        "startTime": TS, "conditions": [CREATED, RUNNING],
-        "trials": succeeded + running, "trialsRunning": running, "trialsSucceeded": succeeded,
-        "runningTrialList": names[succeeded:], "succeededTrialList": names[:succeeded] or None,
-        "currentOptimalTrial": copy.deepcopy(OPTIMAL) if optimal else {"observation": {}},
-    }
-    return {k: v for k, v in status.items() if v is not None}
-
-
-def status_succeeded(optimal: dict[str, Any] | None = OPTIMAL) -> dict[str, Any]:
-    done = _condition("Succeeded", True, "ExperimentMaxTrialsReached",
-                      "Experiment has succeeded because max trial count has reached")
-    return {"startTime": TS, "completionTime": TS, "conditions": [CREATED, NOT_RUNNING, done],
-            "trials": 4, "trialsSucceeded": 4, "succeededTrialList": [f"trec6-search-t{i}" for i in range(4)],
-            "currentOptimalTrial": copy.deepcopy(optimal) if optimal else {"observation": {}}}
-
-
-def status_failed() -> dict[str, Any]:
-    failed = _condition("Failed", True, "ExperimentFailed",
-                        "Experiment has failed because max failed count has reached")
-    return {"startTime": TS, "completionTime": TS, "conditions": [CREATED, NOT_RUNNING, failed],
-            "trials": 3, "trialsSucceeded": 1, "trialsFailed": 2,
-            "succeededTrialList": ["trec6-search-t0"], "failedTrialList": ["trec6-search-t1", "trec6-search-t2"],
-            "currentOptimalTrial": copy.deepcopy(OPTIMAL)}
-
-
-SUCCESS = [status_created(), status_running(), status_running(2, 2, optimal=True), status_succeeded()]
-FAILURE = [status_created(), status_running(), status_failed()]
-FOREVER = [status_created(), status_running()]
-DELETE = "DELETE"   # a timeline step: someone deletes the Experiment
-
-
-# ---------------------------------------------------------------------------------------------------
-# the loopback API server
-
-
-@dataclass
-class Event:
-    rv: int
-    type: str
-    namespace: str
-    name: str
-    obj: dict[str, Any]
-
-
-@dataclass
-class FakeKatib:
-    """The cluster state and the test's knobs (all guarded by ``cond``)."""
-
-    namespaces: set[str] = field(default_factory=lambda: {NS})
-    crd_installed: bool = True
-    forbid: set[str] = field(default_factory=set)                # verbs answered with 403
-    fail_next: dict[str, int] = field(default_factory=dict)      # verb -> how many 503s first
-    expire_watches: int = 0                                       # how many watches get ERROR 410
-    timeline: list[Any] = field(default_factory=lambda: list(SUCCESS))
-    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    requests: list[tuple[str, str, dict[str, str], str]] = field(default_factory=list)
-    pending: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)
-    _rv: Iterator[int] = field(default_factory=lambda: itertools.count(100))
-
-    def verbs(self) -> list[str]:
-        return [verb for verb, *_ in self.requests]
-
-    def put(self, kind: str, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
-        """Record a change (called with ``cond`` held)."""
-        if obj is None:
-            gone = self.objects.pop((namespace, name))
-            gone["metadata"]["resourceVersion"] = str(next(self._rv))
-            self.events.append(Event(int(gone["metadata"]["resourceVersion"]), kind, namespace, name, gone))
-        else:
-            obj["metadata"]["resourceVersion"] = str(next(self._rv))
-            self.objects[(namespace, name)] = obj
-            self.events.append(Event(int(obj["metadata"]["resourceVersion"]), kind, namespace, name,
-                                     copy.deepcopy(obj)))
-        self.cond.notify_all()
-
-    def controller(self) -> None:
-        """Katib's controller, scripted: one timeline step per tick for each Experiment."""
-        while not self.stop.wait(TICK_S):
-            with self.cond:
-                for key, steps in list(self.pending.items()):
-                    if not steps or key not in self.objects:
-                        continue
-                    step = steps.pop(0)
-                    if step == DELETE:
-                        self.put("DELETED", *key, None)
-                    else:
-                        obj = copy.deepcopy(self.objects[key])
-                        obj["status"] = copy.deepcopy(step)
-                        self.put("MODIFIED", *key, obj)
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: "Server"
-
-    def log_message(self, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def _send_json(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _read_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        return json.loads(raw) if raw else None
-
-    def _route(self, method: str) -> None:
-        fake = self.server.fake
-        url = urllib.parse.urlsplit(self.path)
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        match = PATH.match(url.path)
-        body = self._read_body() if method in ("POST", "DELETE") else None
-        watching = query.get("watch", "").lower() in ("true", "1")
-        if method == "POST":
-            verb = "create"
-        elif method == "DELETE":
-            verb = "delete"
-        elif match and match.group(2):
-            verb = "get"
-        else:
-            verb = "watch" if watching else "list"
-        with fake.cond:
-            fake.requests.append((verb, url.path, query, self.headers.get("Authorization", "")))
-        if not match or not fake.crd_installed:
-            # What the API server answers for a group/version it does not serve.
-            data = b"404 page not found\n"
-            self.send_response(404)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        namespace, name = match.group(1), match.group(2)
-        if verb in fake.forbid:
-            # The API server's RBAC answer, word for word in its shape.
-            subject = f'experiments.kubeflow.org "{name}"' if name else "experiments.kubeflow.org"
-            self._send_json(403, k8s_status(
-                403, "Forbidden",
-                f'{subject} is forbidden: User "system:serviceaccount:{namespace}:default-editor" cannot {verb} '
-                f'resource "experiments" in API group "kubeflow.org" in the namespace "{namespace}"',
-                {"name": name or "", "group": "kubeflow.org", "kind": "experiments"}))
-            return
-        with fake.cond:
-            if fake.fail_next.get(verb, 0) > 0:
-                fake.fail_next[verb] -= 1
-                self._send_json(503, k8s_status(503, "ServiceUnavailable", "the server is currently unable to handle "
-                                                                         "the request"))
-                return
-        if namespace not in fake.namespaces:
-            self._send_json(404, k8s_status(404, "NotFound", f'namespaces "{namespace}" not found',
-                                         {"name": namespace, "kind": "namespaces"}))
-            return
-        if verb == "create":
-            self._create(namespace, body)
-        elif verb == "get":
-            with fake.cond:
-                obj = copy.deepcopy(fake.objects.get((namespace, name)))
-            if obj is None:
-                self._not_found(name)
-            else:
-                self._send_json(200, obj)
-        elif verb == "delete":
-            with fake.cond:
-                if (namespace, name) not in fake.objects:
-                    self._not_found(name)
-                    return
-                fake.put("DELETED", namespace, name, None)
-            self._send_json(200, k8s_status(200, "", "") | {"status": "Success"})
-        elif verb == "watch":
-            self._watch(namespace, query)
-        else:
-            with fake.cond:
-                items = [copy.deepcopy(o) for (ns, _), o in fake.objects.items() if ns == namespace]
-            self._send_json(200, {"apiVersion": "kubeflow.org/v1beta1", "kind": "ExperimentList", "items": items,
-                                  "metadata": {"resourceVersion": "1"}})
-
-    def _not_found(self, name: str) -> None:
-        self._send_json(404, k8s_status(404, "NotFound", f'experiments.kubeflow.org "{name}" not found',
-                                     {"name": name, "group": "kubeflow.org", "kind": "experiments"}))
-
-    def _create(self, namespace: str, body: dict[str, Any]) -> None:
-        fake = self.server.fake
-        meta = body.setdefault("metadata", {})
-        if not meta.get("name"):
-            meta["name"] = meta["generateName"] + "abcde"
-        name = meta["name"]
-        with fake.cond:
-            if (namespace, name) in fake.objects:
-                self._send_json(409, k8s_status(409, "AlreadyExists", f'experiments.kubeflow.org "{name}" already exists',
-                                             {"name": name, "group": "kubeflow.org", "kind": "experiments"}))
-                return
-            meta.update(namespace=namespace, uid=f"uid-{name}", creationTimestamp=TS, generation=1)
-            fake.put("ADDED", namespace, name, body)
-            fake.pending[(namespace, name)] = copy.deepcopy(fake.timeline)
-            created = copy.deepcopy(body)
-        self._send_json(201, created)
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
-    def _watch(self, namespace: str, query: dict[str, str]) -> None:
-        fake = self.server.fake
-        selector = query.get("fieldSelector", "")
-        name = selector.split("=", 1)[1] if selector.startswith("metadata.name=") else None
-        since = int(query.get("resourceVersion") or 0)
-        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            with fake.cond:
-                expire = fake.expire_watches > 0
-                if expire:
-                    fake.expire_watches -= 1
-            if expire:
-                self._chunk(json.dumps({"type": "ERROR", "object": k8s_status(
-                    410, "Expired", f"too old resource version: {since} ({since + 50})")}).encode() + b"\n")
-            else:
-                while not fake.stop.is_set() and time.monotonic() < deadline:
-                    with fake.cond:
-                        new = [e for e in fake.events if e.rv > since and e.namespace == namespace
-                               and (name is None or e.name == name)]
-                        if not new:
-                            fake.cond.wait(min(0.05, max(deadline - time.monotonic(), 0)))
-                            continue
-                    for event in new:
-                        self._chunk(json.dumps({"type": event.type, "object": event.obj}).encode() + b"\n")
-                        since = event.rv
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client stopped watching
-
-    def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_POST(self) -> None:
-        self._route("POST")
-
-    def do_DELETE(self) -> None:
-        self._route("DELETE")
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakeKatib
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKatib]:
-    yield FakeKatib()
-
-
-@pytest.fixture
-def server(fake: FakeKatib) -> Iterator[Server]:
-    httpd = Server(("127.0.0.1", 0), Handler)
-    httpd.fake = fake
-    threads = [threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True),
-               threading.Thread(target=fake.controller, daemon=True)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield httpd
-    finally:
-        fake.stop.set()
-        with fake.cond:
-            fake.cond.notify_all()
-        httpd.shutdown()
-        httpd.server_close()
-        for thread in threads:
-            thread.join()
-
-
-@pytest.fixture
-def api(server: Server) -> client.CustomObjectsApi:
-    configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
-    configuration.retries = False
-    return client.CustomObjectsApi(client.ApiClient(configuration))
 
 
 def launcher(api: CustomObjectsApi, **kwargs: Any) -> KatibLauncher:
@@ -617,7 +284,7 @@ def test_missing_namespace_is_not_mistaken_for_missing_katib(api: client.CustomO
 def test_existing_experiment_fails_or_is_followed(api: client.CustomObjectsApi, fake: FakeKatib) -> None:
     lau = launcher(api)
     lau.create_experiment(experiment_body(), NS)
-    with pytest.raises(KatibError, match="already exists.*if_exists='follow'"):
+    with pytest.raises(KatibError, match="already exists.*--if-exists follow; if_exists='follow'"):
         lau.create_experiment(experiment_body(), NS)
     check_best(lau.run(experiment_body(), NS, timeout=30, if_exists="follow"))
 
@@ -672,14 +339,7 @@ def test_admission_webhook_denial_is_not_reported_as_rbac() -> None:
 def test_load_api_from_a_kubeconfig_sends_its_token(server: Server, fake: FakeKatib, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "loop",
-        "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
-        "users": [{"name": "ci", "user": {"token": "t0ken"}}],
-        "contexts": [{"name": "loop", "context": {"cluster": "loop", "user": "ci", "namespace": NS}}],
-    }))
-    lau = launcher(load_api(str(kubeconfig)))
+    lau = launcher(load_api(str(kubeconfig(server, tmp_path / "config"))))
     lau.create_experiment(experiment_body(), NS)
     assert fake.requests[-1][3] == "Bearer t0ken"
 

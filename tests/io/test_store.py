@@ -45,6 +45,13 @@ def test_is_an_artifact_store(store: ArtifactStore) -> None:
     assert isinstance(store, ArtifactStore)
 
 
+def test_is_what_nlp_is_handed(store: ArtifactStore) -> None:
+    """nlp takes stores through its own Protocol (it imports nothing from kftune.io); every store fits it."""
+    from kftune.nlp.storage import BlobStore
+
+    assert isinstance(store, BlobStore)
+
+
 def test_put_get_bytes_round_trip(store: ArtifactStore) -> None:
     payloads = {
         "a.bin": bytes(range(256)) * 3,

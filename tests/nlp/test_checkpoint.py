@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from kftune.core.errors import DataError
-from kftune.nlp.checkpoint import capture_rng_state, local_checkpoint_store, restore_rng_state
+from kftune.io.store import open_store
+from kftune.nlp.checkpoint import CheckpointStore, capture_rng_state, restore_rng_state
 from tests.nlp.synthetic import one_torch_thread, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,7 +35,7 @@ def test_rng_state_round_trip() -> None:
 
 
 def test_checkpoint_store_round_trip_and_bad_files(tmp_path: Path) -> None:
-    ckpt = local_checkpoint_store(tmp_path, "run-1.pt")
+    ckpt = CheckpointStore(open_store(tmp_path), "run-1.pt")
     assert ckpt.load() is None and not ckpt.exists()
     ckpt.save({"epoch": 2, "rng": capture_rng_state(), "weights": {"w": torch.ones(2)}})
     loaded = ckpt.load()

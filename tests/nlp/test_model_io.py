@@ -144,3 +144,27 @@ def test_damaged_model_file(classifier: Path, tmp_path: Path) -> None:
     torch.save(payload, damaged)
     with pytest.raises(IncompatibleModelError, match="damaged kftune model file"):
         load_model(damaged)
+
+
+def test_a_model_in_a_store_goes_through_the_store_opener_handed_in(classifier: Path, tmp_path: Path) -> None:
+    """nlp opens no store: a store URI is read and written through the opener its caller passes (the steps pass
+    kftune.io.store.open_store); without one, the error names the URI. The opener here maps mem://<root> to a
+    local store, so every call is seen."""
+    from kftune.core.errors import ConfigError
+    from kftune.io.store import open_store
+
+    opened: list[str] = []
+
+    def opener(root: str):
+        opened.append(root)
+        return open_store(tmp_path / root.removeprefix("mem://"))
+
+    loaded = load_model(classifier)
+    uri = save_model(loaded.model, loaded.encoder, loaded.hyperparameters, "mem://bucket/runs/r1/model.pt",
+                     metadata=loaded.metadata, open_store=opener)
+    assert uri == "mem://bucket/runs/r1/model.pt" and (tmp_path / "bucket" / "runs" / "r1" / "model.pt").is_file()
+    again = load_model(uri, open_store=opener)
+    assert opened == ["mem://bucket/runs/r1", "mem://bucket/runs/r1"]
+    assert again.metadata == loaded.metadata and again.labels == loaded.labels
+    with pytest.raises(ConfigError, match=r"model: 'mem://bucket/runs/r1/model.pt' is a store URI, and no store"):
+        load_model(uri)

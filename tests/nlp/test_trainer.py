@@ -101,9 +101,9 @@ def test_budget_pause_and_resume_equals_straight_run(tmp_path: Path, scheduler: 
 
 
 def _local_ckpt(directory: Path) -> CheckpointStore:
-    from kftune.nlp.checkpoint import local_checkpoint_store
+    from kftune.io.store import open_store
 
-    return local_checkpoint_store(directory)
+    return CheckpointStore(open_store(directory), "checkpoint.pt")
 
 
 def test_callback_can_stop_and_sees_every_epoch(tmp_path: Path) -> None:

@@ -300,11 +300,13 @@ def test_weights_under_an_s3_prefix_are_read_once_per_process(tiny_transformer: 
     store = open_store(uri)
     for f in tiny_transformer.iterdir():
         store.put_file(f.name, f)
-    first = TransformerWordEmbedding(uri, fine_tune=True)
-    local = embeddings.materialize_directory(uri)
+    with pytest.raises(ConfigError, match="no store was handed in"):  # nlp opens no store itself
+        TransformerWordEmbedding(uri, fine_tune=True)
+    first = TransformerWordEmbedding(uri, fine_tune=True, open_store=open_store)
+    local = embeddings.materialize_directory(uri, open_store)
     assert sorted(p.name for p in Path(local).iterdir()) == sorted(p.name for p in tiny_transformer.iterdir())
-    second = TransformerDocumentEmbedding(uri, fine_tune=False)  # the same local copy, not a second download
-    assert embeddings.materialize_directory(uri) == local
+    second = TransformerDocumentEmbedding(uri, fine_tune=False, open_store=open_store)  # the same local copy
+    assert embeddings.materialize_directory(uri) == local  # cached per process: not a second download
     reference = _pretrained_state(tiny_transformer)
     for emb in (first, second):
         assert all(torch.equal(reference[k], v) for k, v in emb.model.state_dict().items())

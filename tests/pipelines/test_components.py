@@ -9,10 +9,13 @@ in a fraction of a second and every round boundary can be checked.
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib
 import json
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +94,7 @@ def test_a_corpus_uri_parameter_replaces_a_registered_corpus(tmp_path: Path) -> 
 
 def test_a_registered_corpus_label_map_reaches_the_corpus_step(tmp_path: Path) -> None:
     """spec.corpus.labelMap on NSMC goes into the effective spec and the corpus step's settings, which the
-    corpus step accepts as they are (prepare-corpus builds CorpusConfig(**settings))."""
+    corpus step accepts as they are (prepare-corpus builds CorpusConfig.from_settings(settings))."""
     from kftune.steps.corpus import CorpusConfig
 
     spec = copy.deepcopy(DEFAULT_SPEC)
@@ -100,8 +103,7 @@ def test_a_registered_corpus_label_map_reaches_the_corpus_step(tmp_path: Path) -
     assert effective["spec"]["corpus"]["labelMap"] == {"0": "부정", "1": "긍정"}
     settings = json.loads(out.corpus_config)
     assert settings["label_map"] == {"0": "부정", "1": "긍정"} and settings["name"] == "NSMC"
-    settings["text_columns"] = tuple(settings["text_columns"])
-    assert CorpusConfig(out=str(tmp_path / "c"), **settings).problems() == []
+    assert CorpusConfig.from_settings(out.corpus_config, out=str(tmp_path / "c")).problems() == []
 
 
 def test_the_spec_s_own_corpus_as_the_corpus_parameter_keeps_every_corpus_setting(tmp_path: Path) -> None:
@@ -143,8 +145,7 @@ def test_several_corpora_reach_the_corpus_step_as_one_prepared_corpus(tmp_path: 
     settings = json.loads(out.corpus_config)
     assert [c["id"] for c in settings["corpora"]] == ["TREC_6", "mine"]
     assert settings["corpora"][1]["allow_unverified"] is True and settings["downsample"] == 0.1
-    settings["text_columns"] = tuple(settings.get("text_columns") or ())  # as prepare-corpus does
-    assert CorpusConfig(out=str(tmp_path / "c"), **settings).problems() == []
+    assert CorpusConfig.from_settings(out.corpus_config, out=str(tmp_path / "c")).problems() == []  # prepare-corpus's
     _, other = _resolve(tmp_path, spec, corpus="TREC_50")
     assert other["spec"]["corpus"]["name"] == "TREC_50" and "corpora" not in other["spec"]["corpus"]
     with pytest.raises(ConfigError) as info:  # a uri replaces the corpora too (and then needs a format)
@@ -398,3 +399,94 @@ def test_suggest_takes_the_runs_lease_and_refuses_a_run_another_driver_holds(tmp
     release_for_pipeline(store, "r1", "kfp-job-1")  # the report step of the run that holds it
     assert not store.exists(lease_key("r1"))
     suggest("job-2", 1)  # now free
+
+
+# --------------------------------------------------------------------------------------------------
+# Every component body is thin: it parses its inputs, calls one step, logs the outputs
+# --------------------------------------------------------------------------------------------------
+
+_RUN_STYLE = re.compile(r"^run(_\w+)?$")
+
+
+def _body_problems(func: ast.FunctionDef, limit: int) -> list[str]:
+    """What makes ``func`` more than a thin component body: not exactly one call of a ``run``/``run_*``
+    function of a ``kftune.steps`` module (imported in the body, as the embedded source needs), more than
+    ``limit`` statements (the docstring not counted), a temporary file."""
+    body = func.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    nodes = [n for stmt in body for n in ast.walk(stmt)]
+    steps: dict[str, str] = {}  # local name -> kftune.steps.<module>
+    problems = []
+    for n in nodes:
+        if isinstance(n, ast.ImportFrom) and n.module == "kftune.steps":
+            steps.update({a.asname or a.name: f"kftune.steps.{a.name}" for a in n.names})
+        elif isinstance(n, ast.ImportFrom) and (n.module or "").startswith("kftune.steps."):
+            problems.append(f"{func.name}: imports names from {n.module}; import the step module and call its run")
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and any(a.name == "tempfile" for a in n.names):
+            problems.append(f"{func.name}: uses temporary files; hand the step parsed objects")
+    calls = [n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and n.func.value.id in steps and _RUN_STYLE.match(n.func.attr)]
+    if len(calls) != 1:
+        problems.append(f"{func.name}: {len(calls)} calls of a kftune.steps.<step>.run function "
+                        f"({', '.join(ast.unparse(c.func) for c in calls) or 'none'}); a body calls exactly one")
+    for c in calls:
+        module = importlib.import_module(steps[c.func.value.id])
+        if not callable(getattr(module, c.func.attr, None)):
+            problems.append(f"{func.name}: {steps[c.func.value.id]}.{c.func.attr} does not exist")
+    count = sum(isinstance(n, ast.stmt) for n in nodes)
+    if count > limit:
+        problems.append(f"{func.name}: {count} statements, more than {limit}; move the logic into the step")
+    return problems
+
+
+def _component_functions(source: str) -> list[ast.FunctionDef]:
+    names = {f.__name__ for f in C.FUNCTIONS}
+    return [f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef) and f.name in names]
+
+
+def test_every_component_body_calls_one_step_and_stays_short() -> None:
+    functions = _component_functions(Path(C.__file__).read_text(encoding="utf-8"))
+    assert sorted(f.name for f in functions) == sorted(f.__name__ for f in C.FUNCTIONS)
+    problems = [p for f in functions for p in _body_problems(f, C.MAX_BODY_STATEMENTS)]
+    assert problems == []
+
+
+def test_the_thin_body_check_fails_a_fat_body() -> None:
+    """The check above can fail: a body with the step's logic inline, two step calls, or none."""
+    fat = _component_functions('''
+def final_training(job_spec, best, model, metrics):
+    """Doc."""
+    import tempfile
+    from kftune.steps import train as step, evaluate
+    with tempfile.TemporaryDirectory() as tmp:
+        result = step.run(step.TrainConfig(corpus=tmp, out=tmp))
+    evaluate.run(None)
+    a = 1
+    b = 2
+    c = 3
+    d = 4
+    e = 5
+    f = 6
+    g = 7
+    h = 8
+    i = 9
+    j = 10
+    return result.model_uri
+
+
+def trial(job_spec, item, metrics):
+    from kftune.steps import trial as step
+    return step.missing_helper(item)
+
+
+def report(job_spec):
+    from kftune.steps import report as step
+    return step.run_nowhere(job_spec)
+''')
+    problems = {f.name: _body_problems(f, C.MAX_BODY_STATEMENTS) for f in fat}
+    assert any("2 calls" in p for p in problems["final_training"])
+    assert any("temporary files" in p for p in problems["final_training"])
+    assert any("statements, more than" in p for p in problems["final_training"])
+    assert any("0 calls" in p for p in problems["trial"])
+    assert any("run_nowhere does not exist" in p for p in problems["report"])

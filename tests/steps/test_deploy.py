@@ -383,9 +383,10 @@ def test_the_pipeline_component_names_the_service_after_the_job_and_places_gpus_
     from kftune.pipelines.components import deploy
 
     use_as_default_kubeconfig(k8s_api, tmp_path / "kubeconfig", monkeypatch)  # as a pod outside KFP would have it
-    spec = tmp_path / "job_spec.json"
-    spec.write_text(json.dumps({"apiVersion": "kftune.dev/v1alpha1", "kind": "TuningJob",
-                                "metadata": {"name": "NSMC_sentiment"}, "spec": {}}), encoding="utf-8")
+    from kftune.pipelines.pipeline import DEFAULT_SPEC
+
+    spec = tmp_path / "job_spec.json"  # resolve-spec's effective spec, which the task parses
+    spec.write_text(json.dumps({**DEFAULT_SPEC, "metadata": {"name": "nsmc-sentiment"}}), encoding="utf-8")
     selector, tolerations = {"nvidia.com/gpu.present": "true"}, [{"key": "gpu", "operator": "Exists"}]
     common = dict(job_spec=dsl.Artifact(name="job_spec", uri=str(spec)), model_uri=MODEL, namespace="",
                   registry="ghcr.io/kftune", node_selector=selector, tolerations=tolerations, timeout=0)

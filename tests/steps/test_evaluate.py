@@ -177,6 +177,12 @@ def test_classification_end_to_end(classification_setup, tmp_path):
     assert "## Per class" in report and "## Confusion matrix" in report and "neutral" in report
     assert "## Provenance" in report and "tiny_text_classification" in report
     assert (out / "confusion_matrix.png").read_bytes().startswith(PNG_SIGNATURE)
+    # what the pipeline's evaluate task logs to KFP
+    assert result.markdown == report
+    assert result.confusion == (list(result.evaluation.labels), [list(r) for r in result.evaluation.confusion])
+    assert result.metadata == {"main_score_name": "accuracy", "main_score": result.evaluation.accuracy,
+                               "baseline": result.baseline.method, "baseline_score": result.baseline.test_score,
+                               "delta_vs_baseline": result.delta_vs_baseline}
 
 
 def test_tagging_end_to_end_spans(tagging_setup, tmp_path):

@@ -194,3 +194,49 @@ def test_the_evaluations_own_baseline_section_is_shown_once(run_outputs: dict[st
     _write(evaluation, "report.md", own)
     md = report.run(ReportConfig(**{k: str(v) for k, v in run_outputs.items()})).markdown
     assert md.count("### Baseline") == 1 and md.count("| score | **0.8000** | 0.7500 | **+5.0 points** |") == 1
+
+
+def test_a_pipeline_run_s_report_takes_the_parsed_spec_and_record_and_releases_the_lease(
+        run_outputs: dict[str, Path], tmp_path: Path) -> None:
+    """The report task's step (:func:`kftune.steps.report.run_pipeline`): the spec and the winner arrive parsed
+    (no files written for them), the trials come from the run's journal, an LR range test that was off is left
+    out, the report goes to runs/<run>/report/ and the run's lease, held by the pipeline's tasks, is released."""
+    import copy
+
+    from kftune.core.spec import parse_spec
+    from kftune.io.journal import lease_key, trial_key
+    from kftune.io.lease import hold_for_pipeline
+    from kftune.io.store import open_store, put_json
+    from kftune.pipelines.pipeline import DEFAULT_SPEC
+
+    root = str(tmp_path / "store")
+    store = open_store(root)
+    for path in sorted(run_outputs["trials"].glob("*.json")):
+        put_json(store, trial_key("r1", path.stem), json.loads(path.read_text(encoding="utf-8")))
+    hold_for_pipeline(store, "r1", "kfp-job-1")
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    spec["metadata"]["name"] = "toy-run"
+    best = {"trial_id": "trial-0004", "assignment": {"learning_rate": 0.003}, "objective": 0.83, "run_id": "r1",
+            "candidates": []}
+    lr_off = tmp_path / "lr-off"
+    lr_off.mkdir()
+    result = report.run_pipeline(report.RunReportConfig(store=root, run_id="r1", corpus=str(run_outputs["corpus"]),
+                                                        lr_find=str(lr_off), train=str(run_outputs["train"]),
+                                                        evaluation=str(run_outputs["evaluation"]), job_id="job-1"),
+                                 job=parse_spec(spec), best=best)
+    s = result.summary
+    assert (s["run_id"], s["store"], s["name"]) == ("r1", root, "toy-run")
+    assert s["best"] == {"trial": "trial-0004", "assignment": {"learning_rate": 0.003}, "objective": 0.83,
+                         "source": "selection"}
+    assert s["trials"]["total"] == 4 and "lr_range_test" not in s
+    assert s["sources"]["best"] == "best.json of run r1" and s["sources"]["trials"].endswith("runs/r1/search/trials")
+    assert result.html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in result.html
+    assert store.exists("runs/r1/report/report.md") and store.exists("runs/r1/report/summary.json")
+    assert "| **trial-0004** |" in result.markdown
+    assert not store.exists(lease_key("r1"))
+
+
+def test_a_parsed_record_and_a_file_for_the_same_part_are_refused(run_outputs: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="report.best"):
+        ReportConfig(out=str(run_outputs["out"]), trials=str(run_outputs["trials"]), best="best.json",
+                     best_record={"trial_id": "t"}).validate()

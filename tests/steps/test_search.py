@@ -144,13 +144,16 @@ def test_goal_stops_early_and_the_lr_range_narrows_the_space(corpus: Path, tmp_p
 def _finished(trials_dir: Path) -> dict[Path, tuple[bytes, int]]:
     out = {}
     for path in sorted(trials_dir.glob("*.json")):
+        if path.name.startswith("."):  # a record being written (renamed into place when complete)
+            continue
         try:
             data = path.read_bytes()
             state = json.loads(data)["state"]
+            mtime = path.stat().st_mtime_ns
         except (OSError, ValueError):
             continue
         if state != "running":
-            out[path] = (data, path.stat().st_mtime_ns)
+            out[path] = (data, mtime)
     return out
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kftune.core.errors import ConfigError
 from kftune.nlp.config import Hyperparameters, TrainerConfig
 from kftune.nlp.model_io import load_model
 from kftune.nlp.predict import predict
@@ -157,7 +158,7 @@ def test_corpus_and_outputs_in_s3(corpus: Path, s3_env: str) -> None:
     assert result.model_uri == f"{s3_env}/train/model.pt"
     assert {"train/model.pt", "train/loss.tsv", "train/result.json", "train/training_curve.png",
             "train/checkpoints/run-1.pt"} <= set(store.list("train/"))
-    assert predict(load_model(result.model_uri), ["apple"])[0].label == "A"
+    assert predict(load_model(result.model_uri, open_store=open_store), ["apple"])[0].label == "A"
 
 
 @pytest.mark.slow
@@ -211,3 +212,26 @@ def test_write_weights_writes_the_table_and_the_plot(corpus: Path, tmp_path: Pat
     plain = tmp_path / "plain"
     assert main(["--corpus", str(corpus), "--out", str(plain), "--max-epochs", "1", *FAST]) == 0
     assert not (plain / "weights.tsv").exists() and not (plain / "weights.png").exists()  # off by default
+
+
+def test_the_pipeline_s_final_training_trains_the_winner_into_the_run_s_journal(corpus: Path, tmp_path: Path) -> None:
+    """What the final-training task calls (:func:`kftune.steps.train.run_final`): the spec's model block with the
+    winner's assignment over it, trained into runs/<run>/final/ and copied to the task's model directory."""
+    from kftune.io.specfile import load_spec
+    from kftune.steps.train import FinalConfig, run_final
+
+    job = load_spec(_spec(tmp_path / "spec.yaml", model={"embedding_dim": 16, "cnn_filters": 8},
+                          train={"maxEpochs": 2, "device": "cpu", "numThreads": 1}))
+    best = {"trial_id": "trial-0003", "assignment": {"learning_rate": 0.02}}
+    result = run_final(FinalConfig(corpus=str(corpus), store=str(tmp_path / "store"), run_id="r1", best=best,
+                                   model_dir=str(tmp_path / "model")), job=job)
+    assert result.model_uri == str(tmp_path / "store" / "runs" / "r1" / "final" / "model.pt")
+    assert result.train.hyperparameters["learning_rate"] == 0.02 and result.train.hyperparameters["cnn_filters"] == 8
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["loss.tsv", "model.pt", "result.json",
+                                                                      "training_curve.png"]
+    assert result.metrics == {"dev_score": result.train.dev_score, "epochs": 2, "best_epoch": result.train.best_epoch}
+    assert result.metadata["trial"] == "trial-0003" and result.metadata["framework"] == "pytorch"
+    assert '<img alt="training curve" src="data:image/png;base64,' in result.html
+    assert "<td>learning_rate</td><td>0.02</td>" in result.html
+    with pytest.raises(ConfigError, match="final.best"):
+        run_final(FinalConfig(corpus=str(corpus), store=str(tmp_path / "store"), run_id="r1", best={}), job=job)

@@ -203,3 +203,24 @@ def test_medianstop_prunes_a_trial_below_the_median_of_completed_ones(corpus: Pa
     assert "medianstop at step 1" in result.record["reason"]
     alone = trial.run(trial.TrialConfig(**{**config.__dict__, "trial_id": "alone"}))  # nothing to judge against
     assert alone.state == "completed" and alone.record["budget"] == 3
+
+
+def test_a_pipeline_loop_item_runs_its_request_or_says_why_the_round_is_skipped(corpus: Path, tmp_path: Path) -> None:
+    """What the pipeline's trial task calls (:func:`kftune.steps.trial.run_item`): a request item trains and
+    returns the barrier's history entry and the KFP metrics; a skip item trains nothing."""
+    from kftune.io.specfile import load_spec
+
+    job = load_spec(write_spec(tmp_path / "spec.yaml", max_epochs=2))
+    store = str(tmp_path / "store")
+    item = {"run_id": "r1", "store": store,
+            "request": {"trial_id": "trial-0000", "index": 0, "assignment": {"learning_rate": 0.05, "dropout": 0.1},
+                        "budget": 2, "round": 0}}
+    done = trial.run_item(json.dumps(item), corpus=str(corpus), job=job)
+    record = get_json(open_store(store), trial_key("r1", "trial-0000"))
+    assert done.summary == {"trial_id": "trial-0000", "kind": "trial", "round": 0, "state": record["state"],
+                            "objective": record["objective"], "budget": 2, "reason": None,
+                            "record": open_store(store).uri_for(trial_key("r1", "trial-0000"))}
+    assert done.metrics == {"objective": record["objective"], "epochs": 2} and done.note == ""
+    skipped = trial.run_item({"skip": True, "round": 3, "reason": "nothing left to plan"}, corpus="unused", job=job)
+    assert skipped.summary == {"skip": True, "round": 3} and skipped.metrics == {"skipped": 1}
+    assert skipped.note == "round 3: nothing to train (nothing left to plan)" and skipped.result is None

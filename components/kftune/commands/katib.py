@@ -1,4 +1,5 @@
-"""``kftune katib SPEC.yaml``: print the Katib ``Experiment`` (``kubeflow.org/v1beta1``) for a spec's search.
+"""``kftune katib SPEC.yaml``: print the Katib ``Experiment`` (``kubeflow.org/v1beta1``) for a spec's search,
+or create it in the cluster and follow it (``--apply``, ``--watch``).
 
 The mapping is :mod:`kftune.core.katib_export`'s; this command reads the inputs and writes YAML::
 
@@ -9,6 +10,21 @@ The mapping is :mod:`kftune.core.katib_export`'s; this command reads the inputs 
     kftune katib examples/trec6.yaml --phase coarse | kubectl apply -f -
     kubectl get trials -l katib.kubeflow.org/experiment=trec6-coarse -o json > coarse.json
     kftune katib examples/trec6.yaml --phase fine --from-trials coarse.json | kubectl apply -f -
+
+Or through the Kubernetes API (:class:`kftune.io.katib.KatibLauncher`; in-cluster config inside a pod, else
+the kubeconfig, ``--kubeconfig``/``--context``)::
+
+    kftune katib examples/trec6.yaml --apply                     # create it; prints name, namespace, uid
+    kftune katib examples/trec6.yaml --apply --watch --timeout 21600
+    kftune katib examples/trec6.yaml --watch                     # follow one applied earlier (kubectl apply)
+
+``--watch`` follows the Experiment (a watch on the one object, a fresh read whenever a watch ends) until it
+succeeds, then prints its best trial as one JSON line (:class:`kftune.io.katib.ExperimentResult`: typed
+assignment, objective value, trial counts); a failed Experiment, a timeout (the Experiment is left running) or
+an API error that says what to fix (Katib not installed, RBAC: the verbs on ``experiments.kubeflow.org`` of the
+Role in manifests/base/rbac) exit 1. The namespace is ``--namespace``, else the spec's ``metadata.namespace``,
+else the pod's own, else the kubeconfig context's. ``--if-exists follow`` makes a retried ``--apply`` follow
+the Experiment its first attempt created instead of failing.
 
 Where the spec does not map exactly onto Katib (successive halving as hyperband, the LR range test,
 the finalists), each difference is printed on stderr as ``note: ...``, written as a comment above the
@@ -53,6 +69,8 @@ from kftune.steps._common import EXIT_OK, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
 
+#: How long ``--watch`` follows an Experiment by default (seconds).
+DEFAULT_WATCH_TIMEOUT_S = 24 * 3600.0
 #: ``--image-kind`` values and the image kind (``kftune._image``) each selects.
 IMAGE_KINDS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
@@ -84,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Secret with the KFTUNE_S3_* variables (default {DEFAULT_S3_SECRET})")
     p.add_argument("--spec-configmap", help="ConfigMap with the spec as spec.yaml (default kftune-spec-<name>)")
     p.add_argument("-o", "--output", help="write the YAML here instead of stdout")
+    cluster = p.add_argument_group("in the cluster (the Kubernetes API)")
+    cluster.add_argument("--apply", action="store_true",
+                         help="create the Experiment instead of printing it; prints its name, namespace and uid")
+    cluster.add_argument("--watch", action="store_true",
+                         help="follow the Experiment (with --apply: the one created; alone: the one the spec names, "
+                              "applied earlier) until it ends; prints its best trial as JSON")
+    cluster.add_argument("--timeout", type=float, default=DEFAULT_WATCH_TIMEOUT_S,
+                         help="seconds --watch follows it before giving up, leaving it running (default %(default)g)")
+    cluster.add_argument("--if-exists", choices=("fail", "follow"), default="fail",
+                         help="--apply when an Experiment of that name exists: fail (default) or follow it")
+    cluster.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG, else ~/.kube/config; "
+                                              "in-cluster config inside a pod)")
+    cluster.add_argument("--context", help="kubeconfig context")
     add_common_arguments(p)
     return p
 
@@ -299,8 +330,35 @@ def _body(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         log.info("wrote Experiment %s to %s", experiment.name, args.output)
-    else:
+    elif not (args.apply or args.watch):
         sys.stdout.write(text)
+    if args.apply or args.watch:
+        return apply_and_watch(args, experiment)
+    return EXIT_OK
+
+
+def apply_and_watch(args: argparse.Namespace, experiment: KatibExperiment, *, api: Any = None) -> int:
+    """``--apply`` and ``--watch`` (see the module docstring); ``api``: a ``CustomObjectsApi`` to use instead
+    of the one the kubeconfig or the pod's ServiceAccount gives."""
+    from kftune.io import kube
+    from kftune.io.katib import KatibLauncher, load_api
+
+    if args.watch and not args.timeout > 0:
+        raise ConfigError([Problem("--timeout", f"{args.timeout:g} must be a number of seconds > 0")])
+    namespace = ((experiment.body.get("metadata") or {}).get("namespace")
+                 or kube.current_namespace(kubeconfig=args.kubeconfig, context=args.context))
+    launcher = KatibLauncher(api if api is not None else load_api(args.kubeconfig, args.context))
+    name = experiment.name
+    if args.apply:
+        created = launcher.create_experiment(experiment.body, namespace, if_exists=args.if_exists)
+        meta = created.get("metadata") or {}
+        name = str(meta.get("name") or name)
+        if not args.watch:
+            print(json.dumps({"name": name, "namespace": namespace, "uid": meta.get("uid")}, sort_keys=True))
+            return EXIT_OK
+    log.info("following Katib Experiment %s/%s (at most %g s)", namespace, name, args.timeout)
+    result = launcher.wait_for_experiment(name, namespace, args.timeout)
+    print(json.dumps(result.to_dict(), sort_keys=True))
     return EXIT_OK
 
 

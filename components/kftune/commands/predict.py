@@ -112,12 +112,13 @@ def _input(args: argparse.Namespace) -> tuple[Iterator[tuple[str, dict[str, Any]
 def _body(args: argparse.Namespace) -> int:
     _check(args)
     from kftune._progress import Progress
+    from kftune.io.store import open_store
     from kftune.nlp.model_io import load_model
     from kftune.nlp.predict import predict_records
     from kftune.nlp.trainer import resolve_device
 
     items, total, handle = _input(args)
-    model = load_model(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, device=resolve_device(args.device), open_store=open_store)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     progress = Progress(total, "predict", unit="text") if total is None or total >= PROGRESS_FROM else None
     done = 0

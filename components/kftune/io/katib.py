@@ -1,8 +1,9 @@
 """The Katib edge: create an ``Experiment``, follow it to the end, read the best trial, clean up.
 
-This is the search step's second backend: instead of running the trials itself, kftune hands a
-Katib ``Experiment`` (``kubeflow.org/v1beta1``, rendered by ``kftune katib``) to the cluster and
-waits for Katib's answer::
+Katib as the search's other backend: instead of running the trials itself, kftune hands a Katib
+``Experiment`` (``kubeflow.org/v1beta1``, rendered by :mod:`kftune.core.katib_export`) to the cluster and
+waits for Katib's answer. ``kftune katib SPEC.yaml --apply [--watch]`` (:mod:`kftune.commands.katib`) does
+that from a shell or a pod; in code::
 
     launcher = KatibLauncher(load_api())              # in-cluster config, else kubeconfig
     result = launcher.run(experiment, "kubeflow-user", timeout=6 * 3600, delete="on_success")
@@ -333,7 +334,7 @@ def translate_error(exc: BaseException, verb: str, namespace: str, name: str | N
     if code == 409:
         return KatibError(f"Experiment {namespace}/{name} already exists: {message}. Delete it "
                           f"(kubectl delete {CRD_NAME} {name} -n {namespace}), choose another name, "
-                          f"or follow it with if_exists='follow'.")
+                          f"or follow it (kftune katib --apply --if-exists follow; if_exists='follow' here).")
     if code in (400, 422):
         return KatibError(f"the API server rejected the Experiment ({verb} {what} {where}, {code}): {message}")
     return KatibError(f"Kubernetes API error {code} ({getattr(exc, 'reason', '')}) while trying to {verb} "

@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` file holding the model, optimizer and schedul
 state (Python, NumPy, torch CPU, CUDA), the epoch (and the position inside it when a SIGTERM cut the
 epoch short), the best dev score with its weights, and the per-epoch history. It is written to a
 local temporary file and then handed to ``store.put_file`` (atomic by the store contract), so a
-reader never sees half a checkpoint, whatever kills the writer.
+reader never sees half a checkpoint, whatever kills the writer. The store is handed in (a
+:class:`~kftune.nlp.storage.BlobStore`; the steps open it): this module opens none.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import os
 import random
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from kftune.core.errors import ArtifactNotFoundError, DataError
-from kftune.io.store import ArtifactStore
+from kftune.nlp.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class CheckpointStore:
     mid-write leaves the previous checkpoint in place (the store's put is atomic).
     """
 
-    def __init__(self, store: ArtifactStore, key: str):
+    def __init__(self, store: BlobStore, key: str):
         self.store, self.key = store, key
         self._pending: Future | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -154,11 +154,3 @@ def snapshot(state: Any) -> Any:
     if isinstance(state, tuple):
         return tuple(snapshot(v) for v in state)
     return copy.deepcopy(state)
-
-
-def local_checkpoint_store(directory: str | Path, name: str = "checkpoint.pt") -> CheckpointStore:
-    """A checkpoint slot in a local directory (tests, benchmarks)."""
-    from kftune.io.store import open_store
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return CheckpointStore(open_store(str(directory)), name)

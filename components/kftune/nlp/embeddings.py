@@ -6,6 +6,10 @@ Every embedding maps a :class:`~kftune.nlp.data.Batch` to ``[batch, tokens, dim]
 concatenates them and, for frozen embeddings that are costly to compute (a frozen transformer),
 caches their outputs per sentence like Flair's ``embeddings_storage_mode``: ``none`` recomputes
 every time, ``cpu`` keeps them in host memory, ``gpu`` on the device.
+
+Pretrained vectors and transformer weights may sit in an artifact store (``s3://...`` in the
+hyperparameters): they are copied to local files through the store opener the caller hands in
+(``open_store``, :data:`kftune.nlp.storage.StoreOpener`); this module opens no store itself.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.nlp.data import (CASING_CLASSES, PAD, UNK, UNK_ID, Batch, EncodedDataset, Example, PretrainedVocabulary,
                              TaskInfo, TextEncoder, casing_class)
 from kftune.nlp.ngrams import NgramSpec
+from kftune.nlp.storage import StoreOpener, is_store_uri, local_path, opener_for, split_uri
 
 if TYPE_CHECKING:
     from kftune.nlp.config import Hyperparameters
@@ -180,15 +185,15 @@ def _export_files(tokenizer: Any, config: Any) -> dict[str, str]:
 
 class _TransformerBase(TokenEmbedding):
     """A Hugging Face encoder and its fast tokenizer, from a local directory or an ``s3://`` prefix
-    (``source``; never a hub download) or from the files a model file kept (``files``, the weights then
-    come from the model's state dict). ``fine_tune``: the encoder's weights train with the model (Flair's
+    (``source``, read through ``open_store``; never a hub download) or from the files a model file kept
+    (``files``, the weights then come from the model's state dict). ``fine_tune``: the encoder's weights train with the model (Flair's
     ``fine_tune=True``); off, they are frozen, the encoder runs in eval mode without gradients and its
     outputs may be cached (:class:`StackedEmbeddings`). ``layers``: the hidden states used (``"-1"`` the
     last, ``"-1,-2,-3,-4"``, ``"all"``; 0 is the embedding layer's output), averaged (``layer_mean``)
     or concatenated - Flair's ``layers`` and ``layer_mean``."""
 
     def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
-                 files: dict[str, str] | None = None):
+                 files: dict[str, str] | None = None, open_store: StoreOpener | None = None):
         super().__init__()
         transformers = import_transformers()
         self.source = source
@@ -203,9 +208,11 @@ class _TransformerBase(TokenEmbedding):
             else:
                 if source is None:
                     raise ConfigError([Problem("hyperparameters.transformer", "no transformer source given")])
-                local = materialize_directory(source)
+                local = materialize_directory(source, open_store)
                 self.tokenizer = self._tokenizer(transformers, local)
                 self.model = transformers.AutoModel.from_pretrained(local, local_files_only=True)
+        except ConfigError:
+            raise
         except (OSError, ValueError, KeyError) as exc:
             where = source if files is None else "the model file's transformer"
             raise ConfigError([Problem("hyperparameters.transformer",
@@ -300,8 +307,10 @@ class TransformerWordEmbedding(_TransformerBase):
     encoder's window cut off, or that the tokenizer maps to no sub-token, get zero vectors."""
 
     def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
-                 subtoken_pooling: str = "first", files: dict[str, str] | None = None):
-        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files)
+                 subtoken_pooling: str = "first", files: dict[str, str] | None = None,
+                 open_store: StoreOpener | None = None):
+        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files,
+                         open_store=open_store)
         self.subtoken_pooling = subtoken_pooling
         self.embedding_length = self.width * (2 if subtoken_pooling == "first_last" else 1)
 
@@ -358,8 +367,10 @@ class TransformerDocumentEmbedding(_TransformerBase):
     the classifier puts a linear layer on it."""
 
     def __init__(self, source: str | None, *, fine_tune: bool, layers: str = "-1", layer_mean: bool = True,
-                 cls_pooling: str = "cls", files: dict[str, str] | None = None):
-        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files)
+                 cls_pooling: str = "cls", files: dict[str, str] | None = None,
+                 open_store: StoreOpener | None = None):
+        super().__init__(source, fine_tune=fine_tune, layers=layers, layer_mean=layer_mean, files=files,
+                         open_store=open_store)
         self.cls_pooling = cls_pooling
         self.embedding_length = self.width
         if cls_pooling == "cls":
@@ -443,39 +454,38 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open(encoding="utf-8", errors="replace")
 
 
-def materialize_file(uri: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """A local path for ``uri`` (a path, ``file://`` or a store URI such as ``s3://bucket/key``).
-    Returns the path and a temporary directory to clean up (``None`` for local files)."""
-    if "://" not in uri or uri.startswith("file://"):
-        p = Path(uri.removeprefix("file://"))
+def materialize_file(uri: str, open_store: StoreOpener | None = None
+                     ) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """A local path for ``uri`` (a path, ``file://``, or a store URI such as ``s3://bucket/key``, copied
+    through ``open_store``). Returns the path and a temporary directory to clean up (``None`` for local files)."""
+    if not is_store_uri(uri):
+        p = local_path(uri)
         if not p.is_file():
             raise DataError(f"{uri}: no such file")
         return p, None
-    from kftune.io.store import open_store
-
-    root, _, key = uri.rpartition("/")
+    opener = opener_for(uri, open_store, "hyperparameters.pretrained_embeddings")
+    root, key = split_uri(uri)
     tmp = tempfile.TemporaryDirectory(prefix="kftune-vectors-")
     local = Path(tmp.name) / key
-    open_store(root).get_file(key, local)
+    opener(root).get_file(key, local)
     return local, tmp
 
 
 _MATERIALIZED: dict[str, str] = {}
 
 
-def materialize_directory(uri: str) -> str:
-    """A local directory for ``uri`` (a local directory, or a store prefix copied to a temp dir once per
-    process - every run and trial of a process reads the same copy - removed when the process exits)."""
-    if "://" not in uri or uri.startswith("file://"):
-        p = Path(uri.removeprefix("file://"))
+def materialize_directory(uri: str, open_store: StoreOpener | None = None) -> str:
+    """A local directory for ``uri`` (a local directory, or a store prefix copied through ``open_store`` to a
+    temp dir once per process - every run and trial of a process reads the same copy - removed when the
+    process exits)."""
+    if not is_store_uri(uri):
+        p = local_path(uri)
         if not p.is_dir():
             raise DataError(f"{uri}: not a directory with transformer weights")
         return str(p)
     if uri in _MATERIALIZED and Path(_MATERIALIZED[uri]).is_dir():
         return _MATERIALIZED[uri]
-    from kftune.io.store import open_store
-
-    store = open_store(uri)
+    store = opener_for(uri, open_store, "hyperparameters.transformer")(uri)
     keys = store.list("")
     if not keys:
         raise DataError(f"{uri}: no files under this prefix")
@@ -501,13 +511,15 @@ def iter_vectors(path: Path) -> Iterator[tuple[str, list[str]]]:
                 yield parts[0], parts[1:]
 
 
-def load_pretrained_vectors(uri: str, wanted: set[str] | None) -> tuple[PretrainedVocabulary, torch.Tensor]:
-    """Read vectors for the words in ``wanted`` (exact or lower-cased; ``None``: every word).
+def load_pretrained_vectors(uri: str, wanted: set[str] | None, open_store: StoreOpener | None = None
+                            ) -> tuple[PretrainedVocabulary, torch.Tensor]:
+    """Read vectors for the words in ``wanted`` (exact or lower-cased; ``None``: every word) from the file at
+    ``uri`` (a store URI is read through ``open_store``).
 
     The matrix row 0 (``<pad>``) is zero, row 1 (``<unk>``) the mean of the loaded vectors. Only
     vectors for corpus words are kept, so model files stay small; other words map to ``<unk>``.
     """
-    path, tmp = materialize_file(uri)
+    path, tmp = materialize_file(uri, open_store)
     try:
         wanted_lower = {w.lower() for w in wanted} if wanted is not None else None
         words: list[str] = []
@@ -552,11 +564,12 @@ def ngram_spec(hp: "Hyperparameters") -> NgramSpec | None:
 
 
 def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Example] | None, hp: "Hyperparameters",
-                  *, also_known: Iterable[Example] = (), tokenizer: Any = None
+                  *, also_known: Iterable[Example] = (), tokenizer: Any = None, open_store: StoreOpener | None = None
                   ) -> tuple[TextEncoder, EncodedDataset, EncodedDataset | None, torch.Tensor | None]:
     """``(encoder, train, dev, pretrained weights)``: the vocabularies built from ``train`` with ``hp``'s
     data-shaping settings; when ``hp.pretrained_embeddings`` is set, its vectors loaded for the words of
-    train, dev and ``also_known`` only (model files stay small); then train and dev encoded.
+    train, dev and ``also_known`` only (model files stay small; a store URI is read through ``open_store``); then
+    train and dev encoded.
 
     The encoder carries the corpus' tokenizer (``tokenizer``: a :class:`~kftune.nlp.tokenizers.Tokenizer`
     or its dict; by default ``task.tokenizer``, which :func:`~kftune.nlp.data.task_from_corpus_info` reads
@@ -571,6 +584,6 @@ def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Exampl
     weights = None
     if hp.pretrained_embeddings is not None:
         wanted = {t for exs in (train, dev or (), also_known) for ex in exs for t in ex.tokens}
-        encoder.pretrained, weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted)
+        encoder.pretrained, weights = load_pretrained_vectors(hp.pretrained_embeddings, wanted, open_store)
     return (encoder, encoder.encode(train, "train", training=True),
             encoder.encode(dev, "dev") if dev is not None else None, weights)

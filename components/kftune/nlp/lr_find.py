@@ -62,6 +62,7 @@ from kftune.nlp.embeddings import encode_corpus
 from kftune.nlp.models import Model, build_model, fit_to_training_split
 from kftune.nlp.predict import autocast_context
 from kftune.nlp.schedulers import build_optimizer, clip_gradients, sparse_parameters
+from kftune.nlp.storage import StoreOpener
 from kftune.nlp.trainer import dev_score, resolve_autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class PreparedData:
     dev: EncodedDataset | None
     pretrained_weights: torch.Tensor | None
     data_hyperparameters: dict[str, Any]
+    open_store: StoreOpener | None = None
+    """Reads the transformer of the hyperparameters from an artifact store (see :mod:`kftune.nlp.storage`)."""
 
     def check_compatible(self, hp: Hyperparameters) -> None:
         """Raise :class:`ConfigError` when ``hp`` would have encoded the corpus differently."""
@@ -111,10 +114,12 @@ def _data_fields(hp: Hyperparameters) -> dict[str, Any]:
     return out
 
 
-def prepare_data(corpus_dir: str | Path, hp: Hyperparameters, *, need_dev: bool = False) -> PreparedData:
+def prepare_data(corpus_dir: str | Path, hp: Hyperparameters, *, need_dev: bool = False,
+                 open_store: StoreOpener | None = None) -> PreparedData:
     """Read the corpus step's output in ``corpus_dir`` (``corpus.json``, ``train.jsonl``, ``dev.jsonl``),
     build the vocabularies from train (and load pretrained vectors when ``hp.pretrained_embeddings`` is set,
     keeping the corpus' words), and encode train and dev. ``dev.jsonl`` may be absent unless ``need_dev``.
+    ``open_store`` reads pretrained vectors and transformer weights that sit in an artifact store.
     Raises :class:`DataError` for a missing or malformed corpus."""
     root = Path(corpus_dir)
     info = read_corpus_info(root)
@@ -128,16 +133,16 @@ def prepare_data(corpus_dir: str | Path, hp: Hyperparameters, *, need_dev: bool 
         raise DataError(f"{dev_path}: no dev split; the dev metric needs one (the corpus step writes dev.jsonl)")
     if not train_examples:
         raise DataError(f"{root / 'train.jsonl'}: the training split is empty")
-    encoder, train, dev, weights = encode_corpus(task, train_examples, dev_examples, hp)
+    encoder, train, dev, weights = encode_corpus(task, train_examples, dev_examples, hp, open_store=open_store)
     return PreparedData(corpus=str(corpus_dir), info=info, task=task, encoder=encoder, train=train, dev=dev,
-                        pretrained_weights=weights, data_hyperparameters=_data_fields(hp))
+                        pretrained_weights=weights, data_hyperparameters=_data_fields(hp), open_store=open_store)
 
 
 def fresh_model(data: PreparedData, hp: Hyperparameters, seed: int, storage_mode: str = "none") -> Model:
     """A newly initialised model for ``data`` (torch's RNG seeded with ``seed`` first)."""
     seed_everything(seed)
     model = build_model(data.task.type, hp, data.encoder, pretrained_weights=data.pretrained_weights,
-                        storage_mode=storage_mode)
+                        storage_mode=storage_mode, open_store=data.open_store)
     fit_to_training_split(model, data.train)
     return model
 
@@ -224,7 +229,7 @@ def run_range_test(corpus: str | Path | PreparedData, hyperparameters: Hyperpara
                    trainer_config: TrainerConfig | None = None, range_config: RangeTestConfig | None = None, *,
                    device: str | torch.device | None = None, seed: int | None = None,
                    dev_metric_every: int | None = None, dev_subset: int = DEFAULT_DEV_SUBSET,
-                   show_progress: bool = True) -> RangeTestResult:
+                   show_progress: bool = True, open_store: StoreOpener | None = None) -> RangeTestResult:
     """Run one LR range test on a fresh model and return the analysed curve (see the module docstring).
 
     ``corpus``: the corpus step's output directory, or data from :func:`prepare_data` (to encode once for
@@ -233,7 +238,7 @@ def run_range_test(corpus: str | Path | PreparedData, hyperparameters: Hyperpara
     that many batches on ``dev_subset`` dev sentences (``None``: never). ``result.extra`` holds
     ``iterations_requested``, ``capped``, ``steps_per_epoch``, ``batches``, ``seconds``, ``device``,
     ``seed``, ``precision``, the dev settings and, with a dev metric, ``dev_loss`` per batch (``None``
-    where not measured).
+    where not measured). ``open_store``: see :func:`prepare_data`.
     """
     hp = hyperparameters
     tc = trainer_config or TrainerConfig()
@@ -254,7 +259,7 @@ def run_range_test(corpus: str | Path | PreparedData, hyperparameters: Hyperpara
         if dev_metric_every is not None and data.dev is None:
             raise DataError(f"{data.corpus}: no dev split; the dev metric needs one")
     else:
-        data = prepare_data(corpus, hp, need_dev=dev_metric_every is not None)
+        data = prepare_data(corpus, hp, need_dev=dev_metric_every is not None, open_store=open_store)
     if data.train.num_usable == 0:
         raise DataError(f"{data.corpus}: the training split has no usable (non-empty) sentences")
     dev_ok = data.dev is not None and data.dev.num_usable > 0

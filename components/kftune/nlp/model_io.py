@@ -12,6 +12,10 @@ trained from are not.
 
 :func:`load_model` refuses a file that is not a kftune model or has another format version, with a
 message that says what the file is and what to do (:class:`IncompatibleModelError`).
+
+A model file in an artifact store (``s3://bucket/key``) is read and written through the store opener the
+caller hands in (``open_store``, :data:`kftune.nlp.storage.StoreOpener`; the steps, ``kftune predict`` and the
+server pass :func:`kftune.io.store.open_store`): this module opens no store itself.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from kftune.core.errors import ArtifactNotFoundError, DataError
 from kftune.nlp.config import Hyperparameters
 from kftune.nlp.data import TaskInfo, TextEncoder
 from kftune.nlp.models import Model, build_model, transformer_of
+from kftune.nlp.storage import StoreOpener, is_store_uri, local_path, opener_for, split_uri
 
 FORMAT = "kftune-model"
 FORMAT_VERSION = 1
@@ -88,21 +93,21 @@ def model_payload(model: Model, encoder: TextEncoder, hp: Hyperparameters,
 
 
 def save_model(model: Model, encoder: TextEncoder, hp: Hyperparameters, target: str | Path, *,
-               metadata: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> str:
-    """Write the model file to ``target`` (a local path or ``s3://bucket/key``), atomically.
-    Returns the URI written."""
+               metadata: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None,
+               open_store: StoreOpener | None = None) -> str:
+    """Write the model file to ``target`` (a local path, or ``s3://bucket/key`` through ``open_store``),
+    atomically. Returns the URI written."""
     payload = model_payload(model, encoder, hp, metadata, state_dict)
     text = str(target)
-    if "://" in text and not text.startswith("file://"):
-        from kftune.io.store import open_store
-
-        root, _, key = text.rpartition("/")
+    if is_store_uri(text):
+        opener = opener_for(text, open_store, "model")
+        root, key = split_uri(text)
         with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
             local = Path(tmp) / "model.pt"
             torch.save(payload, local)
-            open_store(root).put_file(key, local)
+            opener(root).put_file(key, local)
         return text
-    path = Path(text.removeprefix("file://"))
+    path = local_path(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -115,13 +120,11 @@ def save_model(model: Model, encoder: TextEncoder, hp: Hyperparameters, target: 
     return str(path.resolve())
 
 
-def _read_bytes(uri: str) -> bytes:
-    if "://" in uri and not uri.startswith("file://"):
-        from kftune.io.store import open_store
-
-        root, _, key = uri.rpartition("/")
-        return open_store(root).get_bytes(key)
-    path = Path(uri.removeprefix("file://"))
+def _read_bytes(uri: str, open_store: StoreOpener | None) -> bytes:
+    if is_store_uri(uri):
+        root, key = split_uri(uri)
+        return opener_for(uri, open_store, "model")(root).get_bytes(key)
+    path = local_path(uri)
     if path.is_dir():  # a model directory (KServe's /mnt/models): the model.pt in it
         path = path / "model.pt"
     if not path.is_file():
@@ -129,10 +132,10 @@ def _read_bytes(uri: str) -> bytes:
     return path.read_bytes()
 
 
-def read_payload(uri_or_path: str | Path) -> dict[str, Any]:
-    """The checked payload of a model file (see the module docstring)."""
+def read_payload(uri_or_path: str | Path, *, open_store: StoreOpener | None = None) -> dict[str, Any]:
+    """The checked payload of a model file (see the module docstring); ``open_store`` reads a store URI."""
     uri = str(uri_or_path)
-    data = _read_bytes(uri)
+    data = _read_bytes(uri, open_store)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a kftune model"
@@ -153,13 +156,16 @@ def read_payload(uri_or_path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(uri_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model file written by :func:`save_model` (``kftune train``'s ``model.pt``).
+def load_model(uri_or_path: str | Path, device: str | torch.device = "cpu", *,
+               open_store: StoreOpener | None = None) -> LoadedModel:
+    """Load a model file written by :func:`save_model` (``kftune train``'s ``model.pt``): a local path (a
+    directory: its ``model.pt``), or a store URI read through ``open_store``.
 
-    Raises :class:`IncompatibleModelError` for a non-kftune file or another format version, and
-    :class:`~kftune.core.errors.ArtifactNotFoundError` when the file does not exist.
+    Raises :class:`IncompatibleModelError` for a non-kftune file or another format version,
+    :class:`~kftune.core.errors.ArtifactNotFoundError` when the file does not exist, and
+    :class:`~kftune.core.errors.ConfigError` for a store URI without ``open_store``.
     """
-    payload = read_payload(uri_or_path)
+    payload = read_payload(uri_or_path, open_store=open_store)
     try:
         encoder = TextEncoder.from_dict(payload["encoder"])
         hp = Hyperparameters.from_dict(payload["hyperparameters"])

@@ -33,6 +33,7 @@ from kftune.nlp.embeddings import (
     TransformerWordEmbedding,
     WordEmbedding,
 )
+from kftune.nlp.storage import StoreOpener
 
 
 @dataclass
@@ -352,12 +353,14 @@ def transformer_of(model: Model) -> TransformerWordEmbedding | TransformerDocume
 
 
 def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_weights: torch.Tensor | None = None,
-                     storage_mode: str = "none", transformer_files: dict[str, str] | None = None) -> StackedEmbeddings:
+                     storage_mode: str = "none", transformer_files: dict[str, str] | None = None,
+                     open_store: StoreOpener | None = None) -> StackedEmbeddings:
     """The embedding stack the hyperparameters ask for. ``pretrained_weights`` (rows aligned with
     ``encoder.pretrained``) is needed when ``pretrained_embeddings`` is set; a loaded model passes
     zeros of the right shape and then loads its state dict. ``transformer_files`` (a model file's
     :meth:`~kftune.nlp.embeddings.TransformerWordEmbedding.saved_files`) rebuild the transformer without
-    reading ``hp.transformer``; its weights then come from the state dict."""
+    reading ``hp.transformer``; its weights then come from the state dict. ``open_store`` reads an
+    ``hp.transformer`` in an artifact store (``s3://...``)."""
     parts: list[tuple[str, TokenEmbedding]] = []
     if hp.embedding_dim > 0:
         parts.append(("words", WordEmbedding(len(encoder.words), hp.embedding_dim)))
@@ -379,16 +382,16 @@ def build_embeddings(hp: Hyperparameters, encoder: TextEncoder, *, pretrained_we
         parts.append(("transformer", TransformerWordEmbedding(
             hp.transformer, fine_tune=hp.transformer_fine_tune, layers=hp.transformer_layers,
             layer_mean=hp.transformer_layer_mean, subtoken_pooling=hp.transformer_subtoken_pooling,
-            files=transformer_files)))
+            files=transformer_files, open_store=open_store)))
     return StackedEmbeddings(parts, storage_mode=storage_mode)
 
 
 def build_model(task_type: str, hp: Hyperparameters, encoder: TextEncoder, *,
                 pretrained_weights: torch.Tensor | None = None, storage_mode: str = "none",
-                transformer_files: dict[str, str] | None = None) -> Model:
+                transformer_files: dict[str, str] | None = None, open_store: StoreOpener | None = None) -> Model:
     """A fresh :class:`TextClassifier` or :class:`SequenceTagger` (initialised from torch's RNG:
     seed it first for a reproducible model; a transformer starts from its pretrained weights).
-    ``transformer_files``: see :func:`build_embeddings`."""
+    ``transformer_files`` and ``open_store``: see :func:`build_embeddings`."""
     if task_type == "text_classification" and not hp.uses_token_embeddings:
         if encoder.ngrams is None:
             raise ConfigError([Problem("hyperparameters.document_encoder",
@@ -399,11 +402,12 @@ def build_model(task_type: str, hp: Hyperparameters, encoder: TextEncoder, *,
             raise ConfigError([Problem("hyperparameters.document_encoder", "transformer needs a transformer")])
         document = TransformerDocumentEmbedding(
             hp.transformer, fine_tune=hp.transformer_fine_tune, layers=hp.transformer_layers,
-            layer_mean=hp.transformer_layer_mean, cls_pooling=hp.transformer_cls_pooling, files=transformer_files)
+            layer_mean=hp.transformer_layer_mean, cls_pooling=hp.transformer_cls_pooling, files=transformer_files,
+            open_store=open_store)
         return TextClassifier(StackedEmbeddings([("transformer", document)], storage_mode=storage_mode),
                               len(encoder.labels), hp)
     embeddings = build_embeddings(hp, encoder, pretrained_weights=pretrained_weights, storage_mode=storage_mode,
-                                  transformer_files=transformer_files)
+                                  transformer_files=transformer_files, open_store=open_store)
     if task_type == "text_classification":
         return TextClassifier(embeddings, len(encoder.labels), hp, ngram_rows=encoder.ngram_rows or None)
     if task_type == "sequence_labeling":

@@ -90,10 +90,11 @@ class KftuneModel(kserve.Model):  # type: ignore[misc,name-defined]
 
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> bool:
+        from kftune.io.store import open_store
         from kftune.nlp.model_io import load_model
         from kftune.nlp.trainer import resolve_device
 
-        self.loaded = load_model(self.uri, device=resolve_device(self.device))
+        self.loaded = load_model(self.uri, device=resolve_device(self.device), open_store=open_store)
         self.batcher = MicroBatcher(self._predict_batch, max_batch_size=self.max_batch_size,
                                     window_s=self.batch_window_ms / 1000.0, workers=self.workers,
                                     on_batch=observe_batch)

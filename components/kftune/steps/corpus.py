@@ -197,6 +197,14 @@ class CorpusConfig(CheckedConfig):
                                                "choose a new or empty directory"))
         return p
 
+    @classmethod
+    def from_settings(cls, settings: str | Mapping[str, Any], *, out: str) -> "CorpusConfig":
+        """The config for ``settings`` (:func:`settings_from_spec`'s dict, or it as JSON: what the pipeline's
+        resolve-spec task hands to prepare-corpus) writing to ``out``."""
+        values = dict(json.loads(settings) if isinstance(settings, str) else settings)
+        values["text_columns"] = tuple(values.get("text_columns") or ())
+        return cls(out=out, **values)
+
 
 def _entry_id(entry: Mapping[str, Any]) -> str:
     return str(entry.get("id") or default_id(entry.get("name"), entry.get("uri")))
@@ -424,6 +432,22 @@ class CorpusResult:
     splits: Mapping[str, SplitStats]
     metadata: Mapping[str, Any] = field(repr=False, default_factory=dict)
     tokenization: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """``<split>_examples`` and ``<split>_tokens`` per split, and ``labels``: what a KFP ``Metrics``
+        output shows."""
+        out: dict[str, float] = {}
+        for split, stats in self.splits.items():
+            out[f"{split}_examples"] = stats.examples
+            out[f"{split}_tokens"] = stats.tokens
+        out["labels"] = len(self.labels)
+        return out
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Name, task, label type and label count: the metadata of the pipeline's corpus artifact."""
+        return {"name": self.name, "task": self.task, "label_type": self.label_type, "labels": len(self.labels)}
 
 
 # --------------------------------------------------------------------------- the plan

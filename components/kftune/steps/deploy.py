@@ -111,6 +111,21 @@ class DeployConfig(CheckedConfig):
                 p.append(Problem(f"deploy.{name}", f"{value!r} must be a number of seconds > 0"))
         return p
 
+    @classmethod
+    def from_pipeline(cls, job: Any, *, service_name: str, model: str, namespace: str, image: str, registry: str,
+                      gpus: int, node_selector: Mapping[str, str], tolerations: Sequence[Mapping[str, Any]],
+                      timeout: int) -> "DeployConfig":
+        """The config of the pipeline's deploy task, from its parameters (``job``: the parsed
+        :class:`~kftune.core.spec.TuningJob`): an empty ``service_name`` is made from the job's name, an
+        empty ``namespace`` is the run's own, an empty ``image`` this release's serving image; node selector
+        and tolerations apply with GPUs only (no tolerations: the GPU nodes' taint); ``timeout`` 0 does not
+        wait for readiness."""
+        return cls(name=service_name.strip() or service_name_for(job.name), model=model,
+                   namespace=namespace.strip(), image=image.strip() or None, registry=registry or None, gpus=gpus,
+                   node_selector=dict(node_selector) if gpus else {},
+                   tolerations=tuple(tolerations) if gpus and tolerations else None, wait=timeout > 0,
+                   timeout=float(timeout) if timeout > 0 else 600.0)
+
     def image_reference(self) -> str:
         """The serving image: ``image``, else this release's serving image of the kind ``gpus`` asks for."""
         if self.image:
@@ -136,6 +151,17 @@ class DeployResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def markdown(self) -> str:
+        """What was deployed, whether it is ready, and its routes (V1, V2, plain) once KServe reports a URL."""
+        state = {True: "Ready", False: "not ready yet", None: "not waited for"}[self.ready]
+        lines = [f"# InferenceService {self.namespace}/{self.name}", "",
+                 f"{self.action.capitalize()}: serves `{self.model}` with `{self.image}` ({state}).", ""]
+        if self.url:
+            lines += [f"URL: {self.url}", "", f"- KServe V1: `POST {self.url}/v1/models/{self.name}:predict`",
+                      f"- Open Inference Protocol (V2): `POST {self.url}/v2/models/{self.name}/infer`",
+                      f"- plain: `POST {self.url}/predict`"]
+        return "\n".join(lines) + "\n"
 
 
 def manifest(config: DeployConfig, namespace: str | None = None) -> dict[str, Any]:

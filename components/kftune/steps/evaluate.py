@@ -129,6 +129,8 @@ class EvaluateResult:
     examples_per_second: float = 0.0
     baseline: Any = None
     """The :class:`kftune.nlp.baseline.BaselineResult`, or ``None`` when the baseline was off."""
+    markdown: str = ""
+    """The report (``report.md``)."""
 
     @property
     def main_score(self) -> float:
@@ -138,6 +140,25 @@ class EvaluateResult:
     def delta_vs_baseline(self) -> float | None:
         """The model's main score minus the baseline's (``None`` without a baseline)."""
         return None if self.baseline is None else self.evaluation.main_score - self.baseline.test_score
+
+    @property
+    def confusion(self) -> tuple[list[str], list[list[int]]] | None:
+        """``(categories, matrix)`` as KFP's ``ClassificationMetrics.log_confusion_matrix`` takes them, or
+        ``None`` when the evaluation has no confusion matrix (span-level tagging)."""
+        from kftune.nlp.evaluation import to_kfp_confusion_matrix
+
+        return to_kfp_confusion_matrix(self.evaluation) if self.evaluation.has_confusion else None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The main score (name and value) and, with a baseline, the baseline's method, score and the
+        difference: the metadata of the pipeline's evaluation artifact."""
+        out: dict[str, Any] = {"main_score_name": self.evaluation.main_score_name,
+                               "main_score": self.evaluation.main_score}
+        if self.baseline is not None:
+            out.update(baseline=self.baseline.method, baseline_score=self.baseline.test_score,
+                       delta_vs_baseline=self.delta_vs_baseline)
+        return out
 
 
 def _is_local(uri: str) -> bool:
@@ -193,7 +214,7 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
     examples = splits[config.split]
     task_type = info["task"]
     device = _device(config.device)
-    model = load_model(config.model, device=device)
+    model = load_model(config.model, device=device, open_store=open_store)
     if model.task.type != task_type:
         raise ConfigError([Problem("evaluate.model", f"the model is a {model.task.type} model but the corpus "
                                                      f"{config.corpus!r} is {task_type}; pass a model trained "
@@ -276,8 +297,9 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
         put_json(store, BASELINE_FILE, baseline_record)
         artifacts["baseline"] = store.uri_for(BASELINE_FILE)
         baseline_md = [""] + comparison_markdown(evaluation.main_score, baseline, config.split)
-    put_text(store, REPORT_FILE, _with_baseline(render_markdown(evaluation, title=title), baseline_md)
-             + _corpora_markdown(corpora, evaluation.main_score_name) + "\n".join(provenance) + "\n")
+    report = (_with_baseline(render_markdown(evaluation, title=title), baseline_md)
+              + _corpora_markdown(corpora, evaluation.main_score_name) + "\n".join(provenance) + "\n")
+    put_text(store, REPORT_FILE, report)
     artifacts["report"] = store.uri_for(REPORT_FILE)
     record = evaluation.to_dict()
     record.update(split=config.split, model=config.model, corpus=config.corpus, corpus_name=corpus_name,
@@ -300,7 +322,7 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
         log.info("baseline %s: %s = %.4f; model %s", baseline.method, baseline.metric, baseline.test_score,
                  baseline_record["verdict"])
     return EvaluateResult(evaluation=evaluation, out=store.root_uri, artifacts=artifacts, metrics=metrics,
-                          seconds=seconds, examples_per_second=rate, baseline=baseline)
+                          seconds=seconds, examples_per_second=rate, baseline=baseline, markdown=report)
 
 
 def _scores_by_corpus(examples: Sequence[Any], gold: Sequence[Any], predicted: Sequence[Any], task_type: str,

@@ -215,11 +215,13 @@ def run(config: LrFindConfig, *, job: Any = None, sinks: MetricsSink | None = No
                                                   if v is not None})
         apply_to = job.spec.lr_range_test.apply_to if job is not None else "learning_rate"
 
+        from kftune.io.store import open_store
         from kftune.nlp.lr_find import run_range_test
 
         started = time.perf_counter()
         result = run_range_test(corpus_dir, hp, trainer, rt_config, seed=trainer.seed,
-                                dev_metric_every=config.dev_metric_every, dev_subset=config.dev_subset)
+                                dev_metric_every=config.dev_metric_every, dev_subset=config.dev_subset,
+                                open_store=open_store)
         seconds = time.perf_counter() - started
         record = result.to_dict()
         record.update(

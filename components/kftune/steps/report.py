@@ -26,6 +26,10 @@ Output in ``--out`` (a directory or store URI):
 - ``summary.json`` (written last): what ``kftune run`` prints: best parameters, dev and test scores,
   trial counts and where the inputs came from.
 
+The pipeline's report task calls :func:`run_pipeline` instead: the spec and the selection record arrive
+parsed (``ReportConfig.job`` and ``best_record``, no files), the trials come from the run's journal, and the
+run's lease is released at the end.
+
 A missing part is reported as missing in the report, not an error: a run that failed half way can
 still be reported. An input that exists but cannot be read is a :class:`DataError`.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html
 import json
 import logging
@@ -65,6 +70,9 @@ class ReportConfig(CheckedConfig):
     Every input is a directory or store URI (``trials``: the prefix holding the trial records;
     ``best`` and ``spec``: files), or ``None`` when the run has no such part. ``title`` defaults to
     "kftune report: <spec name or corpus name>".
+
+    A caller that has them parsed passes them instead of files: ``best_record`` (the selection record,
+    instead of ``best``) and ``job`` (a :class:`~kftune.core.spec.TuningJob`, instead of ``spec``).
     """
 
     out: str
@@ -76,10 +84,20 @@ class ReportConfig(CheckedConfig):
     evaluation: str | None = None
     spec: str | None = None
     title: str | None = None
+    best_record: Mapping[str, Any] | None = None
+    job: Any = None
 
     def problems(self) -> list[Problem]:
         """Every problem with this config (empty when it is usable)."""
         p: list[Problem] = []
+        if self.best is not None and self.best_record is not None:
+            p.append(Problem("report.best", "give the selection record as a file (best) or as an object "
+                                            "(best_record), not both"))
+        if self.best_record is not None and not isinstance(self.best_record, Mapping):
+            p.append(Problem("report.best_record", f"{type(self.best_record).__name__}: the selection record "
+                                                   "must be a JSON object"))
+        if self.spec is not None and self.job is not None:
+            p.append(Problem("report.spec", "give the spec as a file (spec) or parsed (job), not both"))
         if not isinstance(self.out, str) or not self.out.strip():
             p.append(Problem("report.out", "missing: give --out with an output directory or store URI"))
         for name in ("corpus", "lr_find", "trials", "best", "train", "evaluation", "spec", "title"):
@@ -94,12 +112,32 @@ class ReportConfig(CheckedConfig):
 
 @dataclass(frozen=True)
 class ReportResult:
-    """What ``run`` wrote: the output URI, the summary (also ``summary.json``) and the file URIs."""
+    """What ``run`` wrote: the output URI, the summary (also ``summary.json``), the report as Markdown and
+    as the self-contained HTML page, and the file URIs."""
 
     out: str
     summary: dict[str, Any]
     markdown: str
     artifacts: dict[str, str] = field(default_factory=dict)
+    html: str = ""
+
+
+@dataclass(frozen=True)
+class RunReportConfig:
+    """The report of a pipeline run: its journal (``store``, ``run_id``; the report goes to
+    ``runs/<run_id>/report/``, the trials are read from ``runs/<run_id>/search/trials``) and its tasks'
+    outputs (``corpus``, ``lr_find``, ``train``, ``evaluation``: directories or URIs; an ``lr_find`` without
+    ``result.json``, the LR range test being off, is left out). ``lease_owner``/``job_id``: who holds the
+    run's lease (:func:`kftune.io.lease.pipeline_owner`); the report, the run's last step, releases it."""
+
+    store: str
+    run_id: str
+    corpus: str | None = None
+    lr_find: str | None = None
+    train: str | None = None
+    evaluation: str | None = None
+    lease_owner: str = ""
+    job_id: str = ""
 
 
 # --------------------------------------------------------------------------- reading the parts
@@ -216,6 +254,10 @@ def _read_parts(config: ReportConfig) -> _Parts:
             raise DataError(f"{config.best}: the selection record must be a JSON object")
         parts.best = best
         parts.sources["best"] = config.best
+    elif config.best_record is not None:
+        parts.best = dict(config.best_record)
+        run_id = config.best_record.get("run_id")
+        parts.sources["best"] = f"best.json of run {run_id}" if run_id else "the selection record"
     if config.train:
         store = _open(config.train)
         parts.train = _parse_json(_get(store, "result.json", "give the output of `kftune train`"),
@@ -239,11 +281,13 @@ def _read_parts(config: ReportConfig) -> _Parts:
 # --------------------------------------------------------------------------- summary
 def _objective(config: ReportConfig) -> tuple[str, str, str | None]:
     """``(direction, metric name, run name)`` from the spec, else ``("maximize", "dev_score", None)``."""
-    if not config.spec:
+    job = config.job
+    if job is None and not config.spec:
         return "maximize", "dev_score", None
-    from kftune.io.specfile import load_spec
+    if job is None:
+        from kftune.io.specfile import load_spec
 
-    job = load_spec(config.spec, use_model_hooks=False)
+        job = load_spec(config.spec, use_model_hooks=False)
     objective = job.spec.search.objective
     return objective.type, objective.objective_metric_name, job.name
 
@@ -636,13 +680,32 @@ def run(config: ReportConfig) -> ReportResult:
         store.put_bytes(image_name, data)
         artifacts[image_name] = store.uri_for(image_name)
     put_text(store, REPORT_MD, markdown)
-    put_text(store, REPORT_HTML, markdown_to_html(markdown, images, title))
+    page = markdown_to_html(markdown, images, title)
+    put_text(store, REPORT_HTML, page)
     artifacts[REPORT_MD], artifacts[REPORT_HTML] = store.uri_for(REPORT_MD), store.uri_for(REPORT_HTML)
     summary["report"] = {"markdown": artifacts[REPORT_MD], "html": artifacts[REPORT_HTML]}
     put_json(store, SUMMARY_JSON, summary)
     artifacts[SUMMARY_JSON] = store.uri_for(SUMMARY_JSON)
     log.info("report written to %s", store.root_uri)
-    return ReportResult(out=store.root_uri, summary=summary, markdown=markdown, artifacts=artifacts)
+    return ReportResult(out=store.root_uri, summary=summary, markdown=markdown, artifacts=artifacts, html=page)
+
+
+def run_pipeline(config: RunReportConfig, *, job: Any, best: Mapping[str, Any]) -> ReportResult:
+    """The report of a pipeline run (see :class:`RunReportConfig`), from the parsed ``job`` and the selection
+    record ``best`` (select-best's output); releases the run's lease when the run's tasks hold it. The
+    summary it returns also names the ``run_id`` and the ``store``."""
+    from kftune.io.journal import RunJournal
+    from kftune.io.lease import pipeline_owner, release_for_pipeline
+
+    journal = RunJournal.open(config.store, config.run_id)
+    lr_find = config.lr_find
+    if lr_find and not _open(lr_find).exists("result.json"):
+        lr_find = None  # the LR range test was off: its output holds no result
+    result = run(ReportConfig(out=journal.run_uri("report"), corpus=config.corpus, lr_find=lr_find,
+                              trials=journal.run_uri("search/trials"), train=config.train,
+                              evaluation=config.evaluation, job=job, best_record=best))
+    release_for_pipeline(journal.store, config.run_id, pipeline_owner(config.lease_owner, config.job_id))
+    return dataclasses.replace(result, summary={**result.summary, "run_id": config.run_id, "store": config.store})
 
 
 # --------------------------------------------------------------------------- command line

@@ -14,6 +14,9 @@ seeds ``seed, seed+1, ...`` and writes under ``--out`` (a directory or ``s3://``
     checkpoints/run-N.pt  the last checkpoint of run N (every epoch; on SIGTERM mid-epoch too)
     result.json           the :class:`TrainResult`
 
+The pipeline's final training is :func:`run_final`: the winner of the search (select-best's record) trained
+with the spec's ``model`` and ``train`` blocks into the run's journal (``runs/<run>/final/``), resumed.
+
 ``--resume`` continues from the checkpoints and ends where an uninterrupted run would. SIGTERM
 (pod eviction) writes a checkpoint and exits with code 143. Metrics go to the sinks of
 ``kftune.io.metrics.sinks_from_env`` per epoch (train_loss, dev_loss, dev_score, learning_rate,
@@ -34,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.nlp.config import Hyperparameters, TrainerConfig, parse_assignments
@@ -233,7 +236,8 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     device = resolve_device(tcfg.device)
 
     encoder, train_data, dev_data, pretrained_weights = encode_corpus(task, splits["train"], splits["dev"], hp,
-                                                                       also_known=splits.get("test", ()))
+                                                                       also_known=splits.get("test", ()),
+                                                                       open_store=open_store)
     log.info("%s (%s): %d train / %d dev sentences, %d words, %d labels, device %s",
              task.corpus_name, task.type, train_data.num_usable, len(dev_data), len(encoder.words),
              len(encoder.labels) - 1, device)
@@ -251,7 +255,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                 seed = tcfg.seed + k - 1
                 seed_everything(seed)
                 model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights,
-                                    storage_mode=tcfg.embeddings_storage_mode)
+                                    storage_mode=tcfg.embeddings_storage_mode, open_store=open_store)
                 checkpoints = CheckpointStore(store, f"checkpoints/run-{k}.pt")
                 if not config.resume and checkpoints.exists():
                     log.warning("run %d: replacing the checkpoint at %s (pass --resume to continue from it)",
@@ -314,7 +318,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
         local = Path(tmp) / "model.pt"
         seed_everything(tcfg.seed)
-        final_model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights)
+        final_model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights, open_store=open_store)
         save_model(final_model, encoder, hp, local, metadata=metadata, state_dict=best_state)
         store.put_file("model.pt", local)
     model_uri = store.uri_for("model.pt")
@@ -331,6 +335,101 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
              "; per corpus " + ", ".join(f"{c} {v:.4f}" for c, v in by_corpus.items()) if by_corpus else "",
              model_uri)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's final training
+
+#: What the final training writes that a KFP ``Model`` artifact gets a copy of (those that exist).
+FINAL_FILES = ("model.pt", "result.json", "loss.tsv", "training_curve.png", "weights.tsv", "weights.png")
+
+
+@dataclass(frozen=True)
+class FinalConfig(CheckedConfig):
+    """The pipeline's final training: the winner ``best`` (select-best's record: its ``trial_id`` and
+    ``assignment``) trained on ``corpus`` with the spec's ``model`` and ``train`` blocks, into the run's journal
+    (``runs/<run_id>/final/`` under ``store``), resumed from the checkpoints there (a retried task continues);
+    ``model_dir``: a local directory that gets a copy of :data:`FINAL_FILES` (a KFP ``Model`` artifact)."""
+
+    corpus: str
+    store: str
+    run_id: str
+    best: Mapping[str, Any]
+    model_dir: str | None = None
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if not isinstance(self.best, Mapping) or not isinstance(self.best.get("assignment"), Mapping):
+            out.append(Problem("final.best", "is not a selection record with an assignment; give select-best's "
+                                             "output (runs/<run>/search/best.json)"))
+        return out
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """The final training's :class:`TrainResult`, where it went (``out``, the model's ``model_uri``), the
+    winner's ``trial`` id and ``html``: a page with the training curve and the hyperparameters."""
+
+    train: TrainResult
+    out: str
+    model_uri: str
+    trial: str
+    html: str
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """dev_score, epochs and best_epoch: what a KFP ``Metrics`` output shows."""
+        return {"dev_score": self.train.dev_score, "epochs": self.train.epochs, "best_epoch": self.train.best_epoch}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata of the pipeline's ``Model`` artifact."""
+        t = self.train
+        return {"framework": "pytorch", "task": t.task, "dev_score": t.dev_score, "epochs": t.epochs,
+                "best_epoch": t.best_epoch, "trial": self.trial}
+
+
+def final_page(result: TrainResult, curve_png: bytes | None) -> str:
+    """An HTML page: the final training's dev score and epochs, its training curve, its hyperparameters."""
+    import base64
+    import html
+
+    image = ""
+    if curve_png:
+        image = f'<img alt="training curve" src="data:image/png;base64,{base64.b64encode(curve_png).decode()}">'
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+                   for k, v in sorted(result.hyperparameters.items()))
+    return (f"<html><body><h1>Final training</h1><p>dev score {result.dev_score:.4f}, best epoch {result.best_epoch} "
+            f"of {result.epochs} ({html.escape(result.status)})</p>{image}<h2>Hyperparameters</h2>"
+            f"<table>{rows}</table></body></html>\n")
+
+
+def run_final(config: FinalConfig, *, job: Any) -> FinalResult:
+    """Train the winner for ``train.maxEpochs`` (see :class:`FinalConfig`); ``job``: the parsed
+    :class:`~kftune.core.spec.TuningJob`."""
+    config.validate()
+    from kftune.io.journal import RunJournal
+
+    task_type = job.spec.task.type
+    hp = Hyperparameters.from_mapping({**dict(job.spec.model), **dict(config.best["assignment"])}, task_type,
+                                      path="final.hyperparameters")
+    trainer = TrainerConfig(**dataclasses.asdict(job.spec.train))
+    journal = RunJournal.open(config.store, config.run_id)
+    out = journal.run_uri("final")
+    result = run(TrainConfig(corpus=config.corpus, out=out, hyperparameters=hp, trainer=trainer, task_type=task_type,
+                             resume=True, run_id=config.run_id, trial="final", show_progress=False))
+    from kftune.io.store import open_store
+
+    source = open_store(out)
+    if config.model_dir is not None:
+        target = Path(config.model_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FINAL_FILES:
+            if source.exists(name):
+                source.get_file(name, target / name)
+    curve = source.get_bytes("training_curve.png") if source.exists("training_curve.png") else None
+    return FinalResult(train=result, out=out, model_uri=result.model_uri or f"{out}/model.pt",
+                       trial=str(config.best.get("trial_id", "")), html=final_page(result, curve))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from kftune._version import __version__
 from kftune.core.errors import ConfigError, Problem, TrainingInterrupted, TrialFailedError
-from kftune.core.search_policy import SearchPolicy, run_objective, spread_of
+from kftune.core.search_policy import SearchPolicy, TrialRequest, run_objective, spread_of
 from kftune.io.journal import check_run_id, checkpoint_key
 from kftune.core.space import SearchSpace
 from kftune.core.spec import TuningJob
@@ -198,6 +198,37 @@ def run_planned(request: Any, *, corpus: str, store: str, run_id: str, job: Tuni
     return run(config, job=job, store=journal.store, stop_history=judged)
 
 
+@dataclass(frozen=True)
+class ItemResult:
+    """What a pipeline's trial task did with one loop item: ``summary`` (its output, the barrier's history
+    entry: trial_id, kind, round, state, objective, budget, reason and the record's URI; or ``skip`` and the
+    round), ``metrics`` for KFP's Metrics output and a ``note`` to print (a skipped round says why)."""
+
+    summary: dict[str, Any]
+    metrics: dict[str, float]
+    note: str = ""
+    result: TrialResult | None = None
+
+
+def run_item(item: str | Mapping[str, Any], *, corpus: str, job: TuningJob) -> ItemResult:
+    """Run one item of a round (suggest's output, as JSON or parsed): ``run_id``, ``store`` and a request run
+    with :func:`run_planned`, or a ``skip`` (a round with nothing to train: a ParallelFor never runs over an
+    empty list)."""
+    data = json.loads(item) if isinstance(item, str) else dict(item)
+    if data.get("skip"):
+        return ItemResult(summary={"skip": True, "round": data.get("round")}, metrics={"skipped": 1},
+                          note=f"round {data.get('round')}: nothing to train ({data.get('reason')})")
+    request = TrialRequest.from_dict(data["request"])
+    result = run_planned(request, corpus=corpus, store=data["store"], run_id=data["run_id"], job=job)
+    record = result.record
+    metrics = {"objective": record["objective"]} if record.get("objective") is not None else {}
+    metrics["epochs"] = record.get("budget") or 0
+    summary = {"trial_id": request.trial_id, "kind": request.kind, "round": request.round, "state": record["state"],
+               "objective": record.get("objective"), "budget": record.get("budget"), "reason": record.get("reason"),
+               "record": result.uri}
+    return ItemResult(summary=summary, metrics=metrics, result=result)
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs: space, assignment, corpus
 # --------------------------------------------------------------------------------------------------
@@ -267,11 +298,12 @@ def load_corpus(uri: str) -> tuple[dict[str, Any], Any, dict[str, list[Any]]]:
 
 def _encoded(uri: str, task: Any, splits: dict[str, list[Any]], hp: Any) -> tuple[Any, Any, Any, Any]:
     """(encoder, train data, dev data, pretrained weights) for ``hp``'s encoding settings, cached."""
+    from kftune.io.store import open_store
     from kftune.nlp.embeddings import encode_corpus
 
     key = (uri, hp.min_word_freq, hp.max_length, hp.char_embeddings != "none", hp.pretrained_embeddings)
     if key not in _ENCODED_CACHE:
-        encoder, train, dev, weights = encode_corpus(task, splits["train"], splits["dev"], hp)
+        encoder, train, dev, weights = encode_corpus(task, splits["train"], splits["dev"], hp, open_store=open_store)
         while len(_ENCODED_CACHE) >= 4:
             _ENCODED_CACHE.pop(next(iter(_ENCODED_CACHE)))
         _ENCODED_CACHE[key] = (encoder, train, dev, weights)
@@ -447,6 +479,7 @@ def _train(config: TrialConfig, job: TuningJob, policy: SearchPolicy, store: Any
     import torch
 
     from kftune.core.trials import Trial
+    from kftune.io.store import open_store
     from kftune.nlp.checkpoint import CheckpointStore, seed_everything
     from kftune.nlp.config import Hyperparameters, TrainerConfig
     from kftune.nlp.models import build_model
@@ -478,7 +511,7 @@ def _train(config: TrialConfig, job: TuningJob, policy: SearchPolicy, store: Any
         for k, seed in enumerate(seeds, 1):
             seed_everything(seed)
             model = build_model(task.type, hp, encoder, pretrained_weights=weights,
-                                storage_mode=tcfg.embeddings_storage_mode)
+                                storage_mode=tcfg.embeddings_storage_mode, open_store=open_store)
             checkpoints = CheckpointStore(store, checkpoint_key(config.run_id, config.trial_id, seed))
             if not config.resume and checkpoints.exists():
                 log.info("trial %s seed %d: replacing a leftover checkpoint (pass --resume to continue from it)",
