@@ -269,22 +269,18 @@ class TrialFunction:
             "categorical", "discrete") else v) for k, v in raw.items()})
 
     def _setup(self, assignment: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any, Any, Any]:
-        import dataclasses
 
         import torch
 
         from kftune.io.store import open_store
         from kftune.nlp.checkpoint import seed_everything
-        from kftune.nlp.config import Hyperparameters, TrainerConfig
+        from kftune.nlp.config import settings_from_job
         from kftune.nlp.models import build_model
         # the very encoding step kftune's trials use (cached per process), so that inputs are identical
         from kftune.steps.trial import _encoded
 
         torch.set_num_threads(1)
-        hp = Hyperparameters.from_mapping({**dict(self.job.spec.model), **dict(assignment)}, self.task.type,
-                                          path="trial.hyperparameters")
-        tcfg = dataclasses.replace(TrainerConfig(**dataclasses.asdict(self.job.spec.train)),
-                                   max_epochs=int(self.job.spec.train.max_epochs))
+        hp, tcfg = settings_from_job(self.job, self.task.type, assignment=assignment, path="trial.hyperparameters")
         encoder, train, dev, weights = _encoded(self.corpus, self.task, self.splits, hp)
         seed_everything(seed)
         model = build_model(self.task.type, hp, encoder, pretrained_weights=weights,

@@ -97,3 +97,22 @@ def test_trainer_config() -> None:
         TrainerConfig.from_mapping({"max_epochs": 0, "precision": "fp8", "epochs": 3})
     assert {p.path for p in info.value.problems} == {"spec.train.max_epochs", "spec.train.precision",
                                                      "spec.train.epochs"}
+
+
+def test_settings_from_job_is_the_one_mapping_from_a_spec() -> None:
+    """Defaults < spec.model < the assignment < overrides; spec.train becomes the TrainerConfig."""
+    from types import SimpleNamespace
+
+    from kftune.nlp.config import TrainerConfig, settings_from_job
+
+    job = SimpleNamespace(spec=SimpleNamespace(model={"dropout": "0.3", "learning_rate": 0.01},
+                                               train=TrainerConfig(max_epochs=4, patience=1)))
+    hp, trainer = settings_from_job(job, "text_classification", assignment={"learning_rate": "0.002"},
+                                    overrides={"dropout": 0.1})
+    assert (hp.dropout, hp.learning_rate) == (0.1, 0.002)
+    assert hp.embedding_dim == Hyperparameters.from_mapping({}, "text_classification").embedding_dim
+    assert (trainer.max_epochs, trainer.patience) == (4, 1)
+    hp, trainer = settings_from_job(None, "sequence_labeling")
+    assert hp == Hyperparameters.from_mapping({}, "sequence_labeling") and trainer == TrainerConfig()
+    with pytest.raises(ConfigError, match="trial.hyperparameters.dropout"):
+        settings_from_job(job, "text_classification", assignment={"dropout": "lots"}, path="trial.hyperparameters")

@@ -634,3 +634,19 @@ def parse_assignments(items: Iterable[str], path: str = "--set") -> dict[str, st
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def settings_from_job(job: Any, task_type: str, *, assignment: Mapping[str, Any] | None = None,
+                      overrides: Mapping[str, Any] | None = None, path: str = "spec.model",
+                      overrides_path: str = "--set") -> tuple[Hyperparameters, TrainerConfig]:
+    """The one mapping from a parsed TuningJob to what training needs: the model's hyperparameters
+    (the task's defaults, or the fine-tune preset, under ``spec.model``, under a trial's or the winner's
+    ``assignment``, under ``overrides`` such as ``--set``) and the trainer's settings (``spec.train``).
+    ``job`` may be ``None`` (no spec: the defaults). Bad values raise :class:`ConfigError` naming
+    ``path.name`` (the assignment's values are reported under ``path`` too)."""
+    model = dict(job.spec.model) if job is not None else {}
+    model.update(assignment or {})
+    hp = Hyperparameters.from_mapping(model, task_type, path=path, overrides=overrides,
+                                      overrides_path=overrides_path)
+    trainer = TrainerConfig(**dataclasses.asdict(job.spec.train)) if job is not None else TrainerConfig()
+    return hp, trainer

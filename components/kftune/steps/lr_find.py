@@ -189,7 +189,7 @@ def run(config: LrFindConfig, *, job: Any = None, sinks: MetricsSink | None = No
     trained then), :class:`DataError` for an unreadable corpus.
     """
     config.validate()
-    from kftune.nlp.config import Hyperparameters, TrainerConfig
+    from kftune.nlp.config import settings_from_job
     from kftune.nlp.data import read_corpus_info
 
     if job is None and config.spec is not None:
@@ -206,10 +206,7 @@ def run(config: LrFindConfig, *, job: Any = None, sinks: MetricsSink | None = No
             raise ConfigError([Problem("spec.task.type", f"{job.spec.task.type} does not fit the corpus "
                                                          f"{config.corpus!r}, which holds {task_type} data")],
                               source=config.spec)
-        hp = Hyperparameters.from_mapping(dict(job.spec.model) if job is not None else {}, task_type,
-                                          path="spec.model", overrides=dict(config.overrides or {}),
-                                          overrides_path="--set")
-        trainer = (TrainerConfig(**dataclasses.asdict(job.spec.train)) if job is not None else TrainerConfig())
+        hp, trainer = settings_from_job(job, task_type, overrides=dict(config.overrides or {}))
         trainer = dataclasses.replace(trainer, **{k: v for k, v in (("seed", config.seed), ("device", config.device),
                                                                     ("num_threads", config.num_threads))
                                                   if v is not None})

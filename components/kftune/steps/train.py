@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from kftune.core.errors import ConfigError, DataError, Problem
-from kftune.nlp.config import Hyperparameters, TrainerConfig, parse_assignments
+from kftune.nlp.config import Hyperparameters, TrainerConfig, parse_assignments, settings_from_job
 from kftune.steps._common import CheckedConfig, add_common_arguments, run_main
 
 log = logging.getLogger(__name__)
@@ -411,9 +411,8 @@ def run_final(config: FinalConfig, *, job: Any) -> FinalResult:
     from kftune.io.journal import RunJournal
 
     task_type = job.spec.task.type
-    hp = Hyperparameters.from_mapping({**dict(job.spec.model), **dict(config.best["assignment"])}, task_type,
-                                      path="final.hyperparameters")
-    trainer = TrainerConfig(**dataclasses.asdict(job.spec.train))
+    hp, trainer = settings_from_job(job, task_type, assignment=config.best["assignment"],
+                                    path="final.hyperparameters")
     journal = RunJournal.open(config.store, config.run_id)
     out = journal.run_uri("final")
     result = run(TrainConfig(corpus=config.corpus, out=out, hyperparameters=hp, trainer=trainer, task_type=task_type,

@@ -481,7 +481,7 @@ def _train(config: TrialConfig, job: TuningJob, policy: SearchPolicy, store: Any
     from kftune.core.trials import Trial
     from kftune.io.store import open_store
     from kftune.nlp.checkpoint import CheckpointStore, seed_everything
-    from kftune.nlp.config import Hyperparameters, TrainerConfig
+    from kftune.nlp.config import settings_from_job
     from kftune.nlp.models import build_model
     from kftune.nlp.trainer import Trainer, resolve_device
 
@@ -504,9 +504,8 @@ def _train(config: TrialConfig, job: TuningJob, policy: SearchPolicy, store: Any
                      intermediate=tuple((r.epoch, float(getattr(r, metric))) for r in rows))
 
     try:
-        hp = Hyperparameters.from_mapping({**dict(job.spec.model), **dict(assignment)}, task.type,
-                                          path="trial.hyperparameters")
-        tcfg = dataclasses.replace(TrainerConfig(**dataclasses.asdict(job.spec.train)), max_epochs=policy.max_budget)
+        hp, tcfg = settings_from_job(job, task.type, assignment=assignment, path="trial.hyperparameters")
+        tcfg = dataclasses.replace(tcfg, max_epochs=policy.max_budget)
         encoder, train_data, dev_data, weights = _encoded(config.corpus, task, splits, hp)
         for k, seed in enumerate(seeds, 1):
             seed_everything(seed)
