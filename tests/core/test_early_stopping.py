@@ -202,8 +202,8 @@ def test_halving_settings():
     with pytest.raises(ConfigError, match="max_budget"):
         ASHA.from_settings({})
     with pytest.raises(ConfigError, match="known"):
-        get_early_stopping("hyperband")
-    assert sorted(EARLY_STOPPING) == ["asha", "medianstop", "successive-halving"]
+        get_early_stopping("bohb")
+    assert sorted(EARLY_STOPPING) == ["asha", "hyperband", "medianstop", "successive-halving"]
 
 
 # -- ASHA ------------------------------------------------------------------------------------------------

@@ -369,7 +369,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      f"{P}[0].feasibleSpace.step", "grid needs a step"),
     ("rounds-above-trials", _set("spec.search.algorithm.algorithmSettings", [{"name": "rounds", "value": "30"}]),
      "spec.search.algorithm.algorithmSettings[0].value", "every round needs at least one trial"),
-    ("unknown-early-stopping", _set("spec.search.earlyStopping.algorithmName", "hyperband"),
+    ("unknown-early-stopping", _set("spec.search.earlyStopping.algorithmName", "bohb"),
      "spec.search.earlyStopping.algorithmName", "medianstop, successive-halving, asha"),
     ("budget-above-epochs", _set("spec.search.earlyStopping.algorithmSettings",
                                  [{"name": "eta", "value": "3"}, {"name": "max_budget", "value": "30"}]),

@@ -136,7 +136,12 @@ def _planned(journal: RunJournal) -> list[dict[str, Any]]:
      "maxTrialCount": 6, "parallelTrialCount": 3},
     {"algorithm": {"algorithmName": "random"}, "earlyStopping": None, "finalists": 0, "maxTrialCount": 5,
      "parallelTrialCount": 2},
-], ids=["coarse-to-fine+halving+finalists", "random+halving", "tpe+asha", "random"])
+    {"algorithm": {"algorithmName": "random"}, "earlyStopping": {
+        "algorithmName": "hyperband", "algorithmSettings": [{"name": "eta", "value": "2"},
+                                                           {"name": "min_budget", "value": "1"},
+                                                           {"name": "max_budget", "value": "4"}]},
+     "maxTrialCount": 8, "parallelTrialCount": 2, "finalists": 1},
+], ids=["coarse-to-fine+halving+finalists", "random+halving", "tpe+asha", "random", "random+hyperband"])
 def test_kftune_search_and_the_pipeline_plan_the_same_rounds_and_pick_the_same_best(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_block: dict[str, Any]) -> None:
     spec = _spec(**search_block)

@@ -101,6 +101,32 @@ def test_successive_halving_resumes_promoted_trials_and_finalists_decide(corpus:
     assert (tmp_path / "store" / "runs/r1/search/checkpoints/trial-0001/seed-1.pt").is_file()  # kept on request
 
 
+def test_hyperband_runs_its_brackets_in_order(corpus: Path, tmp_path: Path) -> None:
+    """R = 3, eta 3: bracket s=1 (3 trials at 1 epoch, the best resumed to 3), then bracket s=0 (2 at 3)."""
+    spec = write_spec(tmp_path / "spec.yaml", early_stopping="hyperband", max_epochs=3, max_trials=5, parallel=2,
+                      es_settings={"eta": "3", "min_budget": "1", "max_budget": "3"}, finalists=0)
+    result = search.run(_config(spec, corpus, tmp_path / "store"))
+    assert result.status == "succeeded" and result.stop_reason == "max_trials"
+    records = {r["id"]: r for r in _records(tmp_path / "store")}
+    assert sorted(records) == [f"trial-000{i}" for i in range(1, 6)]
+    first = [records[f"trial-000{i}"] for i in (1, 2, 3)]
+    assert sorted(r["budget"] for r in first) == [1, 1, 3]
+    top = next(r for r in first if r["budget"] == 3)
+    assert top["state"] == "completed" and top["promotion"] is True and top["resumed_from"] == [1]
+    assert all(records[t]["budget"] == 3 and records[t]["state"] == "completed" and not records[t]["promotion"]
+               for t in ("trial-0004", "trial-0005"))
+    rounds = sorted((tmp_path / "store/runs/r1/search/rounds").glob("round-*.json"))
+    requests = [q for path in rounds for q in json.loads(path.read_text()).get("requests", [])
+                if q.get("kind") == "trial"]
+    assert [(q["trial_id"], q["bracket"]) for q in requests if not q["promotion"]] == [
+        ("trial-0001", 1), ("trial-0002", 1), ("trial-0003", 1), ("trial-0004", 0), ("trial-0005", 0)]
+    # bracket 0 starts only after bracket 1's promotion ran
+    promoted_round = next(i for i, path in enumerate(rounds) if any(
+        q.get("promotion") for q in json.loads(path.read_text()).get("requests", [])))
+    assert all(q["bracket"] == 1 for path in rounds[:promoted_round + 1]
+               for q in json.loads(path.read_text()).get("requests", []))
+
+
 def test_failed_trials_are_recorded_and_the_search_stops_at_max_failed(corpus: Path, tmp_path: Path) -> None:
     params = [{"name": "learning_rate", "parameterType": "discrete",
                "feasibleSpace": {"list": ["0.05", "10", "8", "0.02"]}}]

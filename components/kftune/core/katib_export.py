@@ -21,12 +21,14 @@ and prints the result as YAML. What maps, and how:
     narrows a local search.
 ``earlyStopping``
     ``medianstop`` maps to Katib's ``medianstop`` with the same settings (``min_trials_required``,
-    ``start_step``). ``successive-halving`` and ``asha`` map to Katib's ``hyperband`` *algorithm*
-    where they can (random sampling; see :func:`hyperband_plan`); Katib's hyperband is a search
-    algorithm of its own, so with ``tpe`` or ``grid`` the Experiment keeps the algorithm and runs
-    without early stopping. Every place where the mapping is not exact is said in the returned
-    :attr:`KatibExperiment.notes` (the command prints them on stderr and as YAML comments, and they are
-    kept in the ``kftune.dev/notes`` annotation).
+    ``start_step``). ``successive-halving``, ``asha`` and ``hyperband`` map to Katib's ``hyperband``
+    *algorithm* where they can (random sampling; see :func:`hyperband_plan`); Katib's hyperband is a
+    search algorithm of its own, so with ``tpe`` or ``grid`` the Experiment keeps the algorithm and runs
+    without early stopping. kftune's ``hyperband`` maps as its first (``s = s_max``) bracket only: Katib
+    sizes its brackets by ``parallelTrialCount``, so the later brackets are not exported (a note says so).
+    Every place where the mapping is not exact is said in the returned :attr:`KatibExperiment.notes` (the
+    command prints them on stderr and as YAML comments, and they are kept in the ``kftune.dev/notes``
+    annotation).
 Trial template
     A ``batch/v1`` Job running ``kftune trial`` in kftune's image (:class:`TrialPodConfig`), each search
     parameter wired in as ``--param name=${trialParameters.name}``, the spec mounted from a ConfigMap,
@@ -52,7 +54,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-from kftune.core.early_stopping import get_early_stopping
+from kftune.core.early_stopping import Hyperband, get_early_stopping
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.lr_handoff import apply_lr_range
 from kftune.core.samplers.coarse_to_fine import CoarseToFineConfig, CoarseToFineSampler, top_trials
@@ -155,6 +157,16 @@ class HyperbandPlan:
         """Katib ``algorithmSettings`` for this bracket."""
         return [{"name": "resource_name", "value": BUDGET_PARAMETER}, {"name": "r_l", "value": str(self.r_l)},
                 {"name": "eta", "value": str(self.eta)}, {"name": "s_max", "value": str(self.s_max)}]
+
+
+def _hyperband_brackets_note(rule: Hyperband, max_trials: int) -> str:
+    """What of kftune's Hyperband the Experiment leaves out: every bracket after the first."""
+    brackets = "; ".join(f"s={b.s}: {b.n} at {b.rungs[0]} epoch(s)" for b in rule.brackets())
+    return (f"hyperband: kftune runs the brackets one after another ({brackets}; maxTrialCount {max_trials} in all), "
+            f"each a synchronous successive halving; the Katib Experiment runs only the first, most exploratory "
+            f"bracket (s={rule.s_max}) and ends there. The other brackets are not exported: Katib's hyperband sizes "
+            "a bracket by parallelTrialCount, not by Hyperband's n, so it cannot run kftune's brackets; run them "
+            "with `kftune search` or the pipeline")
 
 
 def katib_rungs(r_l: int, eta: int, s_max: int) -> tuple[int, ...]:
@@ -553,15 +565,26 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
         body_spec["earlyStopping"] = {"algorithmName": "medianstop",
                                       **({"algorithmSettings": _settings(early.algorithm_settings)}
                                          if early.algorithm_settings else {})}
-    elif early is not None:  # successive-halving, asha
+    elif early is not None:  # successive-halving, asha, hyperband
         rule = get_early_stopping(early.algorithm_name, early.settings(), max_epochs=spec.train.max_epochs)
         eta, min_budget, max_budget = rule.eta, rule.min_budget, rule.max_budget
-        plan = hyperband_plan(eta, min_budget, max_budget, max_trials)
+        wanted = max_trials
+        if isinstance(rule, Hyperband):
+            # Katib runs kftune's first (most exploratory) bracket: its rungs and its configurations
+            first = rule.brackets()[0]
+            wanted = min(max_trials, first.n)
+            plan = hyperband_plan(eta, first.rungs[0], max_budget, wanted) if rule.s_max > 0 else None
+        else:
+            plan = hyperband_plan(eta, min_budget, max_budget, max_trials)
         if algorithm["algorithmName"] != "random":
             notes.append(f"earlyStopping: {early.algorithm_name} cannot be combined with algorithm "
                          f"{algorithm['algorithmName']} in Katib (its hyperband is a random-sampling algorithm of its "
                          f"own, not an early-stopping rule); the Experiment runs {algorithm['algorithmName']} without "
                          f"early stopping, every trial training its full budget")
+        elif plan is None and isinstance(rule, Hyperband):
+            notes.append(f"earlyStopping: hyperband with min_budget {min_budget} and max_budget {max_budget} (eta {eta}) "
+                         "has one bracket, every trial training the full budget: the Experiment runs random without "
+                         "early stopping, which is the same search")
         elif plan is None:
             notes.append(f"earlyStopping: {early.algorithm_name} (eta {eta}, budgets {min_budget}..{max_budget}) cannot "
                          "map to Katib's hyperband, whose first rung would train for less than one epoch; the "
@@ -579,8 +602,10 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                              "numpy's global random state); the draws are not reproducible")
             parameters = _hyperband_parameters(SearchSpace.from_parameters(parameters), plan, notes)
             budget = True
-            if plan.configurations != max_trials:
-                notes.append(f"hyperband: {plan.configurations} configurations instead of {max_trials}: Katib requires "
+            if isinstance(rule, Hyperband):
+                notes.append(_hyperband_brackets_note(rule, max_trials))
+            if plan.configurations != wanted:
+                notes.append(f"hyperband: {plan.configurations} configurations instead of {wanted}: Katib requires "
                              f"parallelTrialCount >= eta**int(log(r_l)/log(eta)) = {plan.min_parallel}")
             if parallel != plan.configurations:
                 notes.append(f"hyperband: parallelTrialCount {plan.configurations} (spec: {parallel}): Katib's hyperband "

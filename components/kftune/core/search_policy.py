@@ -42,6 +42,9 @@ Early stopping:
   coarse-to-fine round), all at the first rung; once a cohort is complete its rungs are decided one by
   one and the promoted trials resumed, before the next cohort starts (coarse-to-fine narrows its box
   around the survivors of the highest rung).
+* ``hyperband``: the same, a cohort being one Hyperband bracket (:meth:`BudgetRule.cohort`, a function of
+  the trial index): its trials start at the bracket's first rung and halve within it; the brackets run
+  one after another (``s_max .. 0``, then again from ``s_max``) until ``maxTrialCount`` trials exist.
 
 Stopping (:meth:`SearchPolicy.stop_reason`): ``failures`` once ``maxFailedTrialCount`` trials failed
 (the search is then failed, as Katib marks the Experiment), ``goal`` once a completed or pruned trial
@@ -106,6 +109,7 @@ class TrialRequest:
     ``promotion``: the trial was paused at a rung and continues from its checkpoint (otherwise it is
     new). ``kind`` ``finalist``: an extra training run of a finalist with ``seeds`` (``None``: the
     search's own training seeds). ``index`` is the trial's creation order (the history's order).
+    ``bracket``: Hyperband's bracket ``s`` of the trial (a function of ``index``; ``None`` without brackets).
     """
 
     trial_id: str
@@ -116,12 +120,16 @@ class TrialRequest:
     promotion: bool = False
     kind: TrialKind = "trial"
     seeds: tuple[int, ...] | None = None
+    bracket: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the item a pipeline's ParallelFor hands to its trial task)."""
-        return {"trial_id": self.trial_id, "index": self.index, "assignment": dict(self.assignment),
-                "budget": self.budget, "round": self.round, "promotion": self.promotion, "kind": self.kind,
-                "seeds": list(self.seeds) if self.seeds is not None else None}
+        """JSON-ready (the item a pipeline's ParallelFor hands to its trial task); ``bracket`` only when set."""
+        out = {"trial_id": self.trial_id, "index": self.index, "assignment": dict(self.assignment),
+               "budget": self.budget, "round": self.round, "promotion": self.promotion, "kind": self.kind,
+               "seeds": list(self.seeds) if self.seeds is not None else None}
+        if self.bracket is not None:
+            out["bracket"] = self.bracket
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrialRequest":
@@ -131,7 +139,8 @@ class TrialRequest:
             return cls(trial_id=str(data["trial_id"]), index=int(data["index"]),
                        assignment=dict(data["assignment"]), budget=int(data["budget"]), round=int(data["round"]),
                        promotion=bool(data.get("promotion", False)), kind=data.get("kind", "trial"),
-                       seeds=tuple(int(s) for s in seeds) if seeds is not None else None)
+                       seeds=tuple(int(s) for s in seeds) if seeds is not None else None,
+                       bracket=int(data["bracket"]) if data.get("bracket") is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"not a trial request ({type(exc).__name__}: {exc}): {data!r}") from None
 
@@ -272,7 +281,8 @@ class SearchPolicy:
 
     @property
     def first_budget(self) -> int:
-        """Epochs a new trial trains before its first decision."""
+        """Epochs a new trial trains before its first decision (with Hyperband the smallest; a trial's own is
+        its bracket's, :meth:`BudgetRule.first_budget_of`)."""
         h = self.halving
         return h.first_budget if h is not None else self.max_budget
 
@@ -334,8 +344,11 @@ class SearchPolicy:
         points = self.sampler.suggest(self.space, history, n, seed=self.seed, settings=self.settings,
                                       objective=self.objective_type, max_trials=self.max_trials)
         k = len(history)
-        return [TrialRequest(trial_id=trial_id_for(k + i), index=k + i, assignment=a, budget=self.first_budget,
-                             round=round_index) for i, a in enumerate(points)]
+        h = self.halving
+        return [TrialRequest(trial_id=trial_id_for(k + i), index=k + i, assignment=a,
+                             budget=h.first_budget_of(k + i) if h is not None else self.first_budget,
+                             round=round_index, bracket=h.bracket_of(k + i) if h is not None else None)
+                for i, a in enumerate(points)]
 
     def _promote(self, history: Sequence[Trial], promotions: Iterable[Any], n: int,
                  round_index: int) -> list[TrialRequest]:
@@ -345,14 +358,21 @@ class SearchPolicy:
             if len(out) >= n:
                 break
             i, t = by_id[p.trial_id]
-            index = _index_of(t)
-            out.append(TrialRequest(trial_id=t.id, index=i if index is None else index, assignment=dict(t.assignment),
-                                    budget=int(p.budget), round=round_index, promotion=True))
+            index = i if _index_of(t) is None else _index_of(t)
+            h = self.halving
+            out.append(TrialRequest(trial_id=t.id, index=index, assignment=dict(t.assignment),  # type: ignore[arg-type]
+                                    budget=int(p.budget), round=round_index, promotion=True,
+                                    bracket=h.bracket_of(index) if h is not None else None))  # type: ignore[arg-type]
         return out
 
     def cohort_bounds(self, index: int) -> tuple[int, int]:
-        """``[start, end)`` of the synchronous-halving cohort that trial ``index`` belongs to: its
-        coarse-to-fine round, or the whole search for the other samplers."""
+        """``[start, end)`` of the synchronous-halving cohort that trial ``index`` belongs to: its Hyperband
+        bracket, else its coarse-to-fine round, or the whole search for the other samplers (capped at
+        ``maxTrialCount``)."""
+        h = self.halving
+        bounds = h.cohort(index) if h is not None else None
+        if bounds is not None:
+            return bounds[0], min(bounds[1], self.max_trials)
         if isinstance(self.sampler, CoarseToFineSampler):
             cfg = self.sampler.config(self.space, self.settings, max_trials=self.max_trials)
             r = cfg.round_of(index)

@@ -16,7 +16,7 @@ asks which one a rule is with ``isinstance``):
 
 * :class:`StoppingRule` (``medianstop``): a trial trains its full budget unless the rule, asked after each
   report, stops it: :meth:`~StoppingRule.decide`.
-* :class:`BudgetRule` (``successive-halving``, ``asha``; a Hyperband rule would be one too): a new trial
+* :class:`BudgetRule` (``successive-halving``, ``asha``, ``hyperband``): a new trial
   trains :attr:`~BudgetRule.first_budget` epochs and pauses; :meth:`~BudgetRule.promotions` lists the
   paused trials to resume and up to which budget; :meth:`~BudgetRule.is_pruned` says which are (now) left
   behind. Budgets are epochs, :attr:`~BudgetRule.max_budget` the most any trial trains.
@@ -116,6 +116,21 @@ class BudgetRule(EarlyStoppingRule):
     def next_budget(self, budget: int) -> int | None:
         """The rung above ``budget`` epochs (where a promoted trial stops next), or ``None`` at the top."""
         return next((r for r in self.rungs() if r > budget), None)
+
+    def cohort(self, index: int) -> tuple[int, int] | None:
+        """``[start, end)`` (trial indices, before ``maxTrialCount`` caps it) of the trials decided together
+        with trial ``index``, for a rule that groups trials itself (Hyperband's brackets); ``None``: the
+        planner's cohorts (the whole search, or a coarse-to-fine round)."""
+        return None
+
+    def first_budget_of(self, index: int) -> int:
+        """The budget the ``index``-th trial of the search (0-based) trains for before its first decision."""
+        return self.first_budget
+
+    def bracket_of(self, index: int) -> int | None:
+        """The bracket the ``index``-th trial belongs to (Hyperband's ``s``), or ``None`` for a rule without
+        brackets. A pure function of the index, so a resumed search re-derives it from the history."""
+        return None
 
     @abc.abstractmethod
     def promotions(self, history: Sequence[Trial], objective: Objective) -> list[Promotion]:

@@ -97,6 +97,20 @@ class _Bracket:
         return [k for k, _ in ordered[: self.quota(len(scored), synchronous)]]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def eta_and_min_budget_problems(eta: Any, min_budget: Any) -> list[Problem]:
+    """The checks every halving rule (successive halving, ASHA, Hyperband) makes of ``eta`` and ``min_budget``."""
+    problems = []
+    if not _is_int(eta) or eta < 2:
+        problems.append(Problem(f"{SETTINGS_PATH}.eta", f"{eta!r} must be an integer >= 2"))
+    if not _is_int(min_budget) or min_budget < 1:
+        problems.append(Problem(f"{SETTINGS_PATH}.min_budget", f"{min_budget!r} must be an integer >= 1"))
+    return problems
+
+
 @dataclass(frozen=True)
 class SuccessiveHalving(BudgetRule):
     """Synchronous successive halving over an explicit history. Pure: no state between calls."""
@@ -114,11 +128,9 @@ class SuccessiveHalving(BudgetRule):
     max_budget: int = 9
 
     def __post_init__(self) -> None:
-        problems = []
-        if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
-            problems.append(Problem(f"{SETTINGS_PATH}.eta", f"{self.eta!r} must be an integer >= 2"))
-        if isinstance(self.min_budget, bool) or not isinstance(self.min_budget, int) or self.min_budget < 1:
-            problems.append(Problem(f"{SETTINGS_PATH}.min_budget", f"{self.min_budget!r} must be an integer >= 1"))
+        problems = eta_and_min_budget_problems(self.eta, self.min_budget)
+        if not _is_int(self.min_budget) or self.min_budget < 1:
+            pass  # max_budget is compared with a good min_budget only
         elif (isinstance(self.max_budget, bool) or not isinstance(self.max_budget, int)
               or self.max_budget <= self.min_budget):
             problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
@@ -162,32 +174,9 @@ class SuccessiveHalving(BudgetRule):
         values = trial.values_upto(budget)
         return values[-1] if values else None
 
-    @staticmethod
-    def _paused_at(trial: Trial, budget: int) -> bool:
-        return trial.state == "pruned" and trial.budget_used == budget
-
     def _decisions(self, history: Sequence[Trial], objective: Objective) -> tuple[list[Promotion], dict[str, int]]:
         """(promotions to make now, {trial id: rung budget} of the trials decided against)."""
-        check_objective(objective)
-        rungs = self.rungs()
-        promotions: list[Promotion] = []
-        rejected: dict[str, int] = {}
-        order = range(len(rungs) - 1) if self.synchronous else reversed(range(len(rungs) - 1))
-        for k in order:
-            budget = rungs[k]
-            if self.synchronous and any(t.state == "running" and t.budget_used < budget for t in history):
-                break  # rung k (and every rung above) can still gain members
-            scored = [(i, v) for i, t in enumerate(history) if (v := self.rung_value(t, budget)) is not None]
-            best = self._bracket.top(scored, objective, self.synchronous)
-            top = set(best)
-            pending = [Promotion(history[i].id, rungs[k + 1]) for i in best if self._paused_at(history[i], budget)]
-            for i, _ in scored:
-                if i not in top and self._paused_at(history[i], budget):
-                    rejected[history[i].id] = budget
-            promotions.extend(pending)
-            if self.synchronous and pending:
-                break  # rung k+1 waits for these
-        return promotions, rejected
+        return halving_decisions(self.rungs(), self.eta, history, objective, self.synchronous)
 
     def promotions(self, history: Sequence[Trial], objective: Objective) -> list[Promotion]:
         """The paused trials to resume now, each with the budget to train up to (higher rungs first
@@ -203,6 +192,37 @@ class SuccessiveHalving(BudgetRule):
         return trial.id in self._decisions(history, objective)[1]
 
 
+def halving_decisions(rungs: Sequence[int], eta: int, history: Sequence[Trial], objective: Objective,
+                      synchronous: bool) -> tuple[list[Promotion], dict[str, int]]:
+    """Successive halving over ``history`` (one cohort) with rung budgets ``rungs`` (ascending): (the
+    promotions to make now, ``{trial id: rung budget}`` of the paused trials decided against). The rung
+    math of :class:`SuccessiveHalving` and ASHA, shared with Hyperband's brackets."""
+    check_objective(objective)
+    bracket = _Bracket(rungs[0], rungs[-1], eta)
+    promotions: list[Promotion] = []
+    rejected: dict[str, int] = {}
+    order = range(len(rungs) - 1) if synchronous else reversed(range(len(rungs) - 1))
+    for k in order:
+        budget = rungs[k]
+        if synchronous and any(t.state == "running" and t.budget_used < budget for t in history):
+            break  # rung k (and every rung above) can still gain members
+        scored = [(i, v) for i, t in enumerate(history) if (v := SuccessiveHalving.rung_value(t, budget)) is not None]
+        best = bracket.top(scored, objective, synchronous)
+        top = set(best)
+        pending = [Promotion(history[i].id, rungs[k + 1]) for i in best if _paused_at(history[i], budget)]
+        for i, _ in scored:
+            if i not in top and _paused_at(history[i], budget):
+                rejected[history[i].id] = budget
+        promotions.extend(pending)
+        if synchronous and pending:
+            break  # rung k+1 waits for these
+    return promotions, rejected
+
+
+def _paused_at(trial: Trial, budget: int) -> bool:
+    return trial.state == "pruned" and trial.budget_used == budget
+
+
 @dataclass(frozen=True)
 class ASHA(SuccessiveHalving):
     """Asynchronous successive halving: promote a trial as soon as it is in the top 1/eta of its rung."""
@@ -215,4 +235,5 @@ class ASHA(SuccessiveHalving):
     eta: int = 3
 
 
-__all__ = ["ASHA", "DEFAULT_MIN_BUDGET", "SETTINGS_PATH", "Promotion", "SuccessiveHalving", "default_min_budget"]
+__all__ = ["ASHA", "DEFAULT_MIN_BUDGET", "SETTINGS_PATH", "Promotion", "SuccessiveHalving", "default_min_budget",
+           "halving_decisions"]
