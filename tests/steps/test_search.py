@@ -183,9 +183,16 @@ def _finished(trials_dir: Path) -> dict[Path, tuple[bytes, int]]:
     return out
 
 
-def test_a_killed_search_reruns_no_completed_trial_and_ends_identically(corpus: Path, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "spec.yaml", algorithm="tpe", settings={"n_startup_jobs": "2"}, max_trials=6,
-                      parallel=2, max_epochs=3, finalists=2, finalist_runs=2)
+@pytest.mark.parametrize("search_kind", [
+    {"algorithm": "tpe", "settings": {"n_startup_jobs": "2"}},
+    # brackets s=1 (2 trials at 1 epoch, the better one on to 3) and s=0 (2 at 3), then s=1 again
+    {"algorithm": "random", "early_stopping": "hyperband",
+     "es_settings": {"eta": "2", "min_budget": "1", "max_budget": "3"}},
+], ids=["tpe", "hyperband"])
+def test_a_killed_search_reruns_no_completed_trial_and_ends_identically(corpus: Path, tmp_path: Path,
+                                                                        search_kind: dict[str, Any]) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", max_trials=6, parallel=2, max_epochs=3, finalists=2, finalist_runs=2,
+                      **search_kind)
     store = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kftune.steps.search", "--spec", str(spec), "--corpus", str(corpus),
            "--store", str(store), "--run-id", "r1"]
@@ -208,7 +215,14 @@ def test_a_killed_search_reruns_no_completed_trial_and_ends_identically(corpus: 
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for path, (data, mtime) in before.items():  # no finished trial was trained or written again
-        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, path.name
+        now = path.read_bytes()
+        if now != data and "early_stopping" in search_kind:
+            # promoted to the next rung after the kill: resumed from its checkpoint, its epochs kept
+            old_record, new_record = json.loads(data), json.loads(now)
+            assert new_record["budget"] > old_record["budget"], path.name
+            assert new_record["intermediate"][:len(old_record["intermediate"])] == old_record["intermediate"]
+            continue
+        assert now == data and path.stat().st_mtime_ns == mtime, path.name
     # the same search without a kill (in this process, same threads per trial)
     baseline = search.run(_config(spec, corpus, tmp_path / "baseline", parallel=None))
 
