@@ -176,23 +176,6 @@ def test_lazy_adams_match_torchs_on_dense_parameters(dense_cls: type, lazy_cls: 
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
-def test_lazy_adamw_updates_only_touched_rows_as_adam_would() -> None:
-    torch.manual_seed(0)
-    sparse = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=True)
-    dense = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=False)
-    dense.load_state_dict(sparse.state_dict())
-    before = sparse.weight.detach().clone()
-    ids, offsets = torch.tensor([1, 2, 2, 7]), torch.tensor([0, 2])
-    for model, opt in ((sparse, LazyAdamW(sparse.parameters(), lr=0.1)),
-                       (dense, torch.optim.AdamW(dense.parameters(), lr=0.1, weight_decay=0.0))):
-        model(ids, offsets).sum().backward()
-        opt.step()
-    touched = [1, 2, 7]
-    assert torch.allclose(sparse.weight[touched], dense.weight[touched], atol=1e-6)
-    untouched = [i for i in range(10) if i not in touched]
-    assert torch.equal(sparse.weight[untouched], before[untouched])
-
-
 def test_sgd_leaves_sparse_rows_out_of_weight_decay() -> None:
     hp = Hyperparameters.from_mapping({**BAG, "optimizer": "sgd", "weight_decay": 0.01}, "text_classification")
     encoder, train, _, _ = encode_corpus(CLS, _reviews(), None, hp)
@@ -204,9 +187,12 @@ def test_sgd_leaves_sparse_rows_out_of_weight_decay() -> None:
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
 
 
-def test_lazy_adam_decays_only_touched_rows_as_adam_would() -> None:
-    """Adam's L2 decay on sparse rows: a touched row moves as under torch's Adam (penalty in the gradient);
-    an untouched row is neither moved nor decayed (SparseAdam's laziness)."""
+@pytest.mark.parametrize("lazy_cls, dense_cls, weight_decay", [(LazyAdamW, torch.optim.AdamW, 0.0),
+                                                                  (LazyAdam, torch.optim.Adam, 0.5)])
+def test_lazy_adams_update_only_touched_rows_as_torchs_would(lazy_cls: type, dense_cls: type,
+                                                            weight_decay: float) -> None:
+    """A touched row moves as under torch's optimizer (Adam: the L2 penalty in the gradient); an untouched
+    row is neither moved nor decayed (SparseAdam's laziness)."""
     torch.manual_seed(0)
     sparse = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=True)
     dense = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=False)
@@ -214,15 +200,15 @@ def test_lazy_adam_decays_only_touched_rows_as_adam_would() -> None:
     before = sparse.weight.detach().clone()
     ids, offsets = torch.tensor([1, 2, 2, 7]), torch.tensor([0, 2])
     touched = [1, 2, 7]
-    opt_sparse = LazyAdam(sparse.parameters(), lr=0.1, weight_decay=0.5)
-    opt_dense = torch.optim.Adam(dense.parameters(), lr=0.1, weight_decay=0.5)
-    for model, opt in ((sparse, opt_sparse), (dense, opt_dense)):
+    for model, opt in ((sparse, lazy_cls(sparse.parameters(), lr=0.1, weight_decay=weight_decay)),
+                       (dense, dense_cls(dense.parameters(), lr=0.1, weight_decay=weight_decay))):
         model(ids, offsets).sum().backward()
         opt.step()
     assert torch.allclose(sparse.weight[touched], dense.weight[touched], atol=1e-6)
     untouched = [i for i in range(10) if i not in touched]
     assert torch.equal(sparse.weight[untouched], before[untouched])
-    assert not torch.equal(dense.weight[untouched], before[untouched])  # dense Adam decays every row
+    if weight_decay:
+        assert not torch.equal(dense.weight[untouched], before[untouched])  # dense Adam decays every row
     # decoupled (AdamW) and L2 (Adam) decay differ on the same rows
     adamw = torch.nn.EmbeddingBag(10, 3, mode="mean", sparse=True)
     adamw.load_state_dict({"weight": before.clone()})
@@ -362,6 +348,19 @@ def test_min_count_gives_the_bag_one_row_per_kept_ngram(tmp_path) -> None:
     assert [p.score for p in via_file] == pytest.approx(direct.scores, abs=1e-6)
     # a review with no kept n-gram gets the zero bag (the decoder's bias) instead of an error
     assert len(predict(loaded, ["뷁"])) == 1
+
+
+def test_min_count_vocabulary_is_fitted_by_the_training_split_first() -> None:
+    hp = Hyperparameters.from_mapping({**BAG, "ngram_min_count": 2}, "text_classification")
+    encoder = TextEncoder.build(CLS, _reviews(), min_word_freq=1, max_length=64, use_chars=False,
+                                ngrams=ngram_spec(hp))
+    with pytest.raises(ValueError, match="training split first"):
+        encoder.encode(_reviews(), "dev")   # no silent fall-back to hashed buckets
+    encoder.encode(_reviews(), "train", training=True)
+    fitted = encoder.ngram_vocab
+    assert fitted is not None and len(fitted) > 0
+    encoder.encode(_reviews()[:3], "train", training=True)   # a second training pass keeps the vocabulary
+    assert encoder.ngram_vocab is fitted
 
 
 def test_min_count_is_bounded() -> None:

@@ -370,7 +370,7 @@ class TextEncoder:
         self.chars, self.pretrained = chars, pretrained
         self.tokenizer = tokenizer
         self.ngrams = ngrams
-        self.ngram_vocab = ngram_vocab   # with ngrams.min_count >= 2: the kept features (built from train)
+        self.ngram_vocab = ngram_vocab   # with ngrams.min_count >= 2: the kept features (fitted by encode(train))
         self.casing, self.lowercase = casing, lowercase
 
     @property
@@ -384,6 +384,9 @@ class TextEncoder:
         assert self.ngrams is not None
         if self.ngram_vocab is not None:
             return self.ngram_vocab.rows(self.ngrams.hashes(tokens, text))
+        if self.ngrams.min_count > 1:
+            raise ValueError("the n-gram vocabulary is fitted by encoding the training split first "
+                             "(encode(train, training=True))")
         return self.ngrams.ids(tokens, text)
 
     def tokenize(self, text: str) -> list[str]:
@@ -417,15 +420,9 @@ class TextEncoder:
                 label_set.update(ex.tags or ())
         if not label_set:
             raise DataError("the training split has no labels")
-        vocab = None
-        if ngrams is not None and ngrams.min_count > 1:   # the features of train as encode() will see them
-            vocab = NgramVocabulary.build(
-                (ngrams.hashes(ex.tokens[:max_length], ex.text if len(ex.tokens) <= max_length else None)
-                 for ex in train), ngrams.min_count)
-            log.info("n-gram vocabulary: %d features in %d or more training documents", len(vocab), ngrams.min_count)
         return cls(task, Vocabulary.build(counts, min_word_freq), LabelDictionary.build(label_set),
                    max_length, chars=Vocabulary.build(char_counts) if use_chars else None, tokenizer=tokenizer,
-                   ngrams=ngrams, casing=use_casing, lowercase=lowercase, ngram_vocab=vocab)
+                   ngrams=ngrams, casing=use_casing, lowercase=lowercase)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task.to_dict(), "words": self.words.itos, "labels": self.labels.itos,
@@ -459,7 +456,13 @@ class TextEncoder:
     def encode(self, examples: Sequence[Example], name: str, *, training: bool = False,
                with_labels: bool = True) -> EncodedDataset:
         """Encode a split. Training: empty sentences are left out of ``usable`` (one warning).
-        Evaluation: they stay in ``examples`` (for aligned outputs) but not in ``usable``."""
+        Evaluation: they stay in ``examples`` (for aligned outputs) but not in ``usable``.
+
+        With ``ngrams.min_count >= 2`` the first training split encoded fits the n-gram vocabulary
+        (:class:`~kftune.nlp.ngrams.NgramVocabulary`) from the hashes this pass computes anyway."""
+        fit_vocab = (training and self.ngrams is not None and self.ngrams.min_count > 1
+                     and self.ngram_vocab is None)
+        hashes: list[np.ndarray] = []   # fit_vocab: each document's feature hashes, mapped to rows at the end
         tokens_out, words, chars, pre, labels, usable, grams, casing = [], [], [], [], [], [], [], []
         unseen: Counter[str] = Counter()
         truncated = empty = 0
@@ -482,14 +485,23 @@ class TextEncoder:
             if self.pretrained is not None:
                 pre.append(torch.tensor(self.pretrained.encode(toks), dtype=torch.long))
             if self.ngrams is not None:
-                grams.append(torch.as_tensor(self._ngram_ids(toks, ex.text if len(toks) == len(ex.tokens) else None),
-                                             dtype=torch.long))
+                text = ex.text if len(toks) == len(ex.tokens) else None
+                if fit_vocab:
+                    hashes.append(np.asarray(self.ngrams.hashes(toks, text), dtype=np.uint32))
+                else:
+                    grams.append(torch.as_tensor(self._ngram_ids(toks, text), dtype=torch.long))
             if with_labels:
                 if self.task.is_classification:
                     labels.append(torch.tensor(self.labels.encode([ex.label or ""], unseen)[0], dtype=torch.long))
                 else:
                     labels.append(torch.tensor(self.labels.encode((ex.tags or ())[:len(toks)], unseen),
                                                dtype=torch.long))
+        if fit_vocab:
+            assert self.ngrams is not None
+            self.ngram_vocab = NgramVocabulary.build(hashes, self.ngrams.min_count)
+            log.info("n-gram vocabulary: %d features in %d or more training documents", len(self.ngram_vocab),
+                     self.ngrams.min_count)
+            grams = [torch.as_tensor(self.ngram_vocab.rows(h), dtype=torch.long) for h in hashes]
         if truncated:
             log.warning("%s: %d of %d sentences are longer than max_length=%d tokens and were truncated "
                         "(raise max_length to keep them whole)", name, truncated, len(examples), self.max_length)

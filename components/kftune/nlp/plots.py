@@ -14,10 +14,7 @@ from typing import Any, Mapping, Sequence
 def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "training") -> Path:
     """Write the curve of ``history`` (rows with run, epoch, train_loss, dev_loss, dev_score,
     learning_rate) to ``path`` as PNG and return the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     runs: dict[int, list[Mapping[str, Any]]] = {}
     for row in history:
@@ -54,12 +51,7 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, 
     lines = ax_score.get_legend_handles_labels()
     lr_lines = ax_lr.get_legend_handles_labels()
     ax_score.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=100)
 
 
 #: Parameter tensors drawn at most in ``weights.png`` (a 5 x 5 grid); the rest are named in the title.
@@ -72,10 +64,7 @@ def plot_weights(rows: Sequence[Sequence[Any]], path: str | Path, title: str = "
     (thin lines) and its mean (dashed) over the training iterations. ``rows`` are
     :class:`kftune.nlp.weights.WeightTracker` rows; ``run`` picks one training run (default: the first);
     at most ``max_tensors`` tensors are drawn, in the order they first appear. Writes PNG, returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     runs = sorted({int(r[0]) for r in rows})
     chosen = run if run is not None else (runs[0] if runs else 1)
@@ -105,9 +94,24 @@ def plot_weights(rows: Sequence[Sequence[Any]], path: str | Path, title: str = "
         axes.flat[0].text(0.5, 0.5, "no weights recorded", ha="center", va="center")
     more = f"; {len(names) - len(shown)} more tensors in weights.tsv" if len(names) > len(shown) else ""
     fig.suptitle(f"{title}: sampled weights per iteration (run {chosen}; dashed: mean){more}", fontsize=9)
+    return _save(fig, path, dpi=80)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display; imported only when a plot is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a pyplot figure; returns the file's path."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    fig.savefig(out, dpi=dpi)
+    _pyplot().close(fig)
     return out
