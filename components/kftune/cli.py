@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("kftune.steps.corpus", "download, verify, split and downsample a corpus to JSONL + a card"),
     "lr-find": ("kftune.steps.lr_find", "learning-rate range test: loss curve, suggested lr and range for the search"),
     "train": ("kftune.steps.train", "train a classifier or tagger, with per-epoch checkpoints and --resume"),
-    "search": ("kftune.steps.search", "hyperparameter search: random, grid, TPE, coarse-to-fine, with early stopping"),
+    "search": ("kftune.steps.search", "hyperparameter search: random, grid, TPE, coarse-to-fine, BOHB, with early stopping"),
     "trial": ("kftune.steps.trial", "train one assignment for a budget; writes one trial record (Katib trial entry point)"),
     "evaluate": ("kftune.steps.evaluate", "score a trained model on a split: metrics, report, confusion matrix"),
     "report": ("kftune.steps.report", "the final report: corpus card, LR curve, trials, training, evaluation"),

@@ -245,3 +245,29 @@ def test_a_run_another_process_drives_exits_3_and_starts_nothing(tmp_path: Path,
     assert rc == 3 and "driven by another process: kftune search on host node-7, pid 4242" in err
     assert not (tmp_path / "run" / "kfp").exists()  # nothing started
     assert store.list("runs/busy") == [lease_key("busy")]
+
+
+@pytest.mark.slow
+def test_run_with_bohb_and_hyperband_searches_through_the_brackets(
+        tmp_path: Path, corpus_mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``algorithmName: bohb`` with Hyperband (eta 2, 1..2 epochs): bracket s=1 (2 trials at 1 epoch, the better
+    one resumed to 2) and bracket s=0 (2 trials at 2 epochs), all the way to the report."""
+    spec = _spec(tmp_path, **{
+        "lrRangeTest": {"enabled": False}, "train.maxEpochs": 2, "search.maxTrialCount": 4,
+        "search.algorithm": {"algorithmName": "bohb", "algorithmSettings": [{"name": "random_state", "value": "3"}]},
+        "search.earlyStopping": {"algorithmName": "hyperband", "algorithmSettings": [
+            {"name": "eta", "value": "2"}, {"name": "min_budget", "value": "1"}]}})
+    out_dir = tmp_path / "run"
+    rc = run_command.main([str(spec), "--out", str(out_dir), "--run-id", "tiny-bohb"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err + captured.out
+    from kftune.io.store import get_json, open_store
+
+    store = open_store(out_dir / "store")
+    records = sorted((get_json(store, k) for k in store.list("runs/tiny-bohb/search/trials")), key=lambda r: r["index"])
+    assert [(r["budget"], r["state"]) for r in records] in (
+        [(1, "pruned"), (2, "completed"), (2, "completed"), (2, "completed")],
+        [(2, "completed"), (1, "pruned"), (2, "completed"), (2, "completed")])
+    assert sum(r["promotion"] for r in records) == 1  # resumed from its 1-epoch checkpoint
+    _check_summary(captured.out, _best_record(store, "tiny-bohb"))
+    assert store.exists("runs/tiny-bohb/report/report.html")

@@ -24,6 +24,7 @@ SETTINGS = {
     "tpe": {"n_startup_jobs": "4"},
     "grid": {"default_points": "3"},
     "coarse-to-fine": {"round_size": "4", "rounds": "3"},
+    "bohb": {},
 }
 SEEDS = (0, 1, 7)
 
@@ -112,7 +113,7 @@ def test_inputs_are_checked(name):
 
 
 def test_registry_names_katib_algorithms_and_rejects_others():
-    assert sorted(SAMPLERS) == ["coarse-to-fine", "grid", "random", "tpe"]
+    assert sorted(SAMPLERS) == ["bohb", "coarse-to-fine", "grid", "random", "tpe"]
     with pytest.raises(ConfigError) as err:
         get_sampler("bayesianoptimization")
     assert "coarse-to-fine" in str(err.value) and err.value.problems[0].path.endswith("algorithmName")
@@ -137,7 +138,7 @@ BOWL = SearchSpace.from_katib([
     {"name": "optimizer", "parameterType": "categorical", "feasibleSpace": {"list": ["sgd", "adam", "adamw"]}},
 ])
 BOWL_SEEDS = range(7)
-BOWL_SETTINGS = {"random": {}, "tpe": {"n_startup_jobs": "10"}, "coarse-to-fine": {"rounds": "3"}}
+BOWL_SETTINGS = {"random": {}, "tpe": {"n_startup_jobs": "10"}, "coarse-to-fine": {"rounds": "3"}, "bohb": {}}
 
 
 def score(a: dict) -> float:
@@ -161,7 +162,7 @@ def bowl_runs() -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["tpe", "coarse-to-fine"])
+@pytest.mark.parametrize("name", ["tpe", "coarse-to-fine", "bohb"])
 def test_learning_samplers_beat_random_maximizing_and_minimizing(bowl_runs, name):
     def median_best(runs, objective):
         best = [max(t.objective for t in h) if objective == "maximize" else min(t.objective for t in h)
@@ -176,7 +177,7 @@ def test_learning_samplers_beat_random_maximizing_and_minimizing(bowl_runs, name
         assert [t.assignment for t in up] == [t.assignment for t in down]
 
 
-@pytest.mark.parametrize("name", ["tpe", "coarse-to-fine"])
+@pytest.mark.parametrize("name", ["tpe", "coarse-to-fine", "bohb"])
 def test_the_objective_direction_is_honoured(name):
     # told to minimize the score, the late trials must score worse than when told to maximize it
     def late_mean(objective):
@@ -201,7 +202,7 @@ def test_tpe_settings_are_katibs_and_checked():
 
 def test_random_state_setting_overrides_the_seed():
     s = space("flair")
-    for name in ("random", "tpe", "coarse-to-fine"):
+    for name in ("random", "tpe", "coarse-to-fine", "bohb"):
         settings = {**SETTINGS[name], "random_state": "42"}
         a = get_sampler(name).suggest(s, [], 3, seed=1, settings=settings, max_trials=12)
         b = get_sampler(name).suggest(s, [], 3, seed=2, settings=settings, max_trials=12)

@@ -141,7 +141,13 @@ def _planned(journal: RunJournal) -> list[dict[str, Any]]:
                                                            {"name": "min_budget", "value": "1"},
                                                            {"name": "max_budget", "value": "4"}]},
      "maxTrialCount": 8, "parallelTrialCount": 2, "finalists": 1},
-], ids=["coarse-to-fine+halving+finalists", "random+halving", "tpe+asha", "random", "random+hyperband"])
+    {"algorithm": {"algorithmName": "bohb"}, "earlyStopping": {
+        "algorithmName": "hyperband", "algorithmSettings": [{"name": "eta", "value": "2"},
+                                                           {"name": "min_budget", "value": "1"},
+                                                           {"name": "max_budget", "value": "4"}]},
+     "maxTrialCount": 12, "parallelTrialCount": 2, "finalists": 1},  # trials 11, 12 may come from BOHB's model
+], ids=["coarse-to-fine+halving+finalists", "random+halving", "tpe+asha", "random", "random+hyperband",
+        "bohb+hyperband"])
 def test_kftune_search_and_the_pipeline_plan_the_same_rounds_and_pick_the_same_best(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_block: dict[str, Any]) -> None:
     spec = _spec(**search_block)

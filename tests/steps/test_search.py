@@ -23,7 +23,7 @@ from kftune.io.journal import search_prefix, trial_key
 from kftune.io.specfile import load_spec
 from kftune.io.store import get_json, open_store
 from kftune.steps import search
-from tests.steps.test_trial import write_corpus, write_spec
+from tests.steps.test_trial import DEFAULT_PARAMETERS, write_corpus, write_spec
 
 
 class Recorder:
@@ -188,7 +188,11 @@ def _finished(trials_dir: Path) -> dict[Path, tuple[bytes, int]]:
     # brackets s=1 (2 trials at 1 epoch, the better one on to 3) and s=0 (2 at 3), then s=1 again
     {"algorithm": "random", "early_stopping": "hyperband",
      "es_settings": {"eta": "2", "min_budget": "1", "max_budget": "3"}},
-], ids=["tpe", "hyperband"])
+    # BOHB over the same brackets: one parameter, so the 4 trials of the first pass at 1 epoch make its model
+    # for trials 5 and 6 (random_fraction 0: both from the model)
+    {"algorithm": "bohb", "settings": {"random_fraction": "0"}, "early_stopping": "hyperband",
+     "es_settings": {"eta": "2", "min_budget": "1", "max_budget": "3"}, "parameters": DEFAULT_PARAMETERS[:1]},
+], ids=["tpe", "hyperband", "bohb+hyperband"])
 def test_a_killed_search_reruns_no_completed_trial_and_ends_identically(corpus: Path, tmp_path: Path,
                                                                         search_kind: dict[str, Any]) -> None:
     spec = write_spec(tmp_path / "spec.yaml", max_trials=6, parallel=2, max_epochs=3, finalists=2, finalist_runs=2,

@@ -26,8 +26,8 @@ Role in manifests/base/rbac) exit 1. The namespace is ``--namespace``, else the 
 else the pod's own, else the kubeconfig context's. ``--if-exists follow`` makes a retried ``--apply`` follow
 the Experiment its first attempt created instead of failing.
 
-Where the spec does not map exactly onto Katib (successive halving as hyperband, the LR range test,
-the finalists), each difference is printed on stderr as ``note: ...``, written as a comment above the
+Where the spec does not map exactly onto Katib (successive halving as hyperband, ``bohb`` as Katib's hyperband
+or tpe, the LR range test, the finalists), each difference is printed on stderr as ``note: ...``, written as a comment above the
 YAML and kept in the Experiment's ``kftune.dev/notes`` annotation.
 
 ``--from-trials URI`` (repeatable) gives the trials of the earlier rounds: Katib ``Trial`` objects

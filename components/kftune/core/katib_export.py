@@ -26,6 +26,11 @@ and prints the result as YAML. What maps, and how:
     search algorithm of its own, so with ``tpe`` or ``grid`` the Experiment keeps the algorithm and runs
     without early stopping. kftune's ``hyperband`` maps as its first (``s = s_max``) bracket only: Katib
     sizes its brackets by ``parallelTrialCount``, so the later brackets are not exported (a note says so).
+    ``bohb`` has no Katib counterpart (:func:`bohb_algorithm`): with ``successive-halving``, ``asha`` or
+    ``hyperband`` the Experiment runs Katib's ``hyperband`` as above, the brackets without BOHB's model
+    (configurations drawn at random: plain Hyperband); otherwise, or when no hyperband bracket can be
+    made, Katib's ``tpe`` (BOHB at one budget is a TPE-style density-ratio search) with ``n_EI_candidates``
+    = ``num_samples`` and ``n_startup_jobs`` = the trials BOHB needs before its first model.
     Every place where the mapping is not exact is said in the returned :attr:`KatibExperiment.notes` (the
     command prints them on stderr and as YAML comments, and they are kept in the ``kftune.dev/notes``
     annotation).
@@ -57,6 +62,7 @@ from typing import Any, Literal, Mapping, Sequence
 from kftune.core.early_stopping import Hyperband, get_early_stopping
 from kftune.core.errors import ConfigError, DataError, Problem
 from kftune.core.lr_handoff import apply_lr_range
+from kftune.core.samplers.bohb import BOHBSampler
 from kftune.core.samplers.coarse_to_fine import CoarseToFineConfig, CoarseToFineSampler, top_trials
 from kftune.core.parameters import FeasibleSpace, ParameterSpec, to_katib_parameters
 from kftune.core.space import SearchSpace, narrow
@@ -167,6 +173,41 @@ def _hyperband_brackets_note(rule: Hyperband, max_trials: int) -> str:
             f"bracket (s={rule.s_max}) and ends there. The other brackets are not exported: Katib's hyperband sizes "
             "a bracket by parallelTrialCount, not by Hyperband's n, so it cannot run kftune's brackets; run them "
             "with `kftune search` or the pipeline")
+
+
+def bohb_algorithm(space: SearchSpace, settings: Mapping[str, str], *, brackets: bool) -> tuple[dict[str, Any], str]:
+    """Katib's nearest algorithm to kftune's ``bohb`` (Katib has none), and the note that says so.
+
+    ``brackets``: the Experiment runs Katib's hyperband (kftune's halving rule maps to it): its algorithm
+    is then ``random``, which the early-stopping mapping turns into ``hyperband``. Otherwise ``tpe``:
+    ``num_samples`` becomes ``n_EI_candidates`` (candidates drawn from the good density), and
+    ``n_startup_jobs`` the trials BOHB needs at one budget before its first model; ``random_state`` is kept.
+    """
+    cfg = BOHBSampler().config(space, settings)
+    seed = [{"name": "random_state", "value": settings["random_state"]}] if "random_state" in settings else []
+    if brackets:
+        dropped = sorted(k for k in settings if k != "random_state")
+        return ({"algorithmName": "random", **({"algorithmSettings": seed} if seed else {})},
+                "bohb: Katib has no BOHB. The Experiment runs Katib's hyperband, the nearest: the same kind of "
+                "brackets, but every configuration is drawn at random (plain Hyperband, which BOHB is before it has "
+                "enough results for a model); BOHB's density model, which proposes configurations like the good "
+                "ones at the largest budget with enough results, is not run"
+                + (f"; its settings {dropped} are left out" if dropped else "")
+                + ". For BOHB itself run `kftune search` or the pipeline")
+    startup = cfg.points_for_model(len(space))
+    algorithm = {"algorithmName": "tpe", "algorithmSettings": [
+        {"name": "n_EI_candidates", "value": str(cfg.num_samples)},
+        {"name": "n_startup_jobs", "value": str(startup)}, *seed]}
+    dropped = sorted(k for k in settings if k in ("top_n_percent", "random_fraction", "bandwidth_factor",
+                                                  "min_bandwidth"))
+    return (algorithm,
+            f"bohb: Katib has no BOHB. Without Hyperband's budgets BOHB is a model-based search at the full budget, "
+            f"so the Experiment runs Katib's tpe, the nearest: n_EI_candidates {cfg.num_samples} (BOHB's num_samples) "
+            f"and n_startup_jobs {startup} (the trials BOHB needs before its first model, min_points_in_model "
+            f"{cfg.min_points_in_model}, top_n_percent {cfg.top_n_percent}). TPE is not BOHB: hyperopt's Parzen "
+            "estimators split the trials at ceil(gamma * sqrt(n)), not at a percentage, and propose no random "
+            "share; " + (f"the settings {dropped} have no Katib counterpart and are left out; " if dropped else "")
+            + "the trials differ from a kftune bohb search")
 
 
 def katib_rungs(r_l: int, eta: int, s_max: int) -> tuple[int, ...]:
@@ -524,7 +565,13 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
     algorithm: dict[str, Any]
     settings = search.algorithm.settings()
 
-    if which == "single":
+    early = search.early_stopping
+    bohb = search.algorithm.algorithm_name == "bohb"
+    if bohb:  # Katib has no BOHB: random (turned into hyperband below) or tpe
+        algorithm, bohb_note = bohb_algorithm(space, settings, brackets=early is not None
+                                              and early.algorithm_name != "medianstop")
+        bohb_at = len(notes)  # the note goes here once the early-stopping mapping has settled the algorithm
+    elif which == "single":
         algorithm = dict(katib["algorithm"])
     else:
         assert c2f is not None
@@ -560,7 +607,6 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
         algorithm = {"algorithmName": "grid", **({"algorithmSettings": kept} if kept else {})}
 
     budget = False
-    early = search.early_stopping
     if early is not None and early.algorithm_name == "medianstop":
         body_spec["earlyStopping"] = {"algorithmName": "medianstop",
                                       **({"algorithmSettings": _settings(early.algorithm_settings)}
@@ -581,6 +627,11 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                          f"{algorithm['algorithmName']} in Katib (its hyperband is a random-sampling algorithm of its "
                          f"own, not an early-stopping rule); the Experiment runs {algorithm['algorithmName']} without "
                          f"early stopping, every trial training its full budget")
+        elif plan is None and bohb:
+            algorithm, bohb_note = bohb_algorithm(space, settings, brackets=False)
+            notes.append(f"earlyStopping: {early.algorithm_name} (eta {eta}, budgets {min_budget}..{max_budget}) "
+                         "gives no Katib hyperband bracket (one bracket, or a first rung under one epoch); the "
+                         "Experiment runs without early stopping, every trial training the full budget")
         elif plan is None and isinstance(rule, Hyperband):
             notes.append(f"earlyStopping: hyperband with min_budget {min_budget} and max_budget {max_budget} (eta {eta}) "
                          "has one bracket, every trial training the full budget: the Experiment runs random without "
@@ -621,6 +672,8 @@ def export_experiment(job: TuningJob, pod: TrialPodConfig, *, phase: str | None 
                 notes.append("hyperband: ASHA's asynchronous promotion has no Katib counterpart; Katib's hyperband is "
                              "synchronous: a rung is decided when every trial of it has finished")
             max_trials, parallel = plan.trials, plan.configurations
+    if bohb:
+        notes.insert(bohb_at, bohb_note)
     # Katib's webhook refuses parallelTrialCount or maxFailedTrialCount above maxTrialCount.
     if parallel > max_trials:
         notes.append(f"parallelTrialCount {max_trials} (spec: {parallel}): Katib refuses more parallel trials than "

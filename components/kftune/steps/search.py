@@ -740,8 +740,8 @@ def _finish(config: SearchConfig, job: TuningJob, journal: RunJournal, policy: S
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kftune search",
-        description="Hyperparameter search (random, grid, TPE, coarse-to-fine; medianstop, successive halving, "
-                    "ASHA), trials in a local process pool; resumable: rerun with the same --store and --run-id "
+        description="Hyperparameter search (random, grid, TPE, coarse-to-fine, BOHB; medianstop, successive halving, "
+                    "ASHA, Hyperband), trials in a local process pool; resumable: rerun with the same --store and --run-id "
                     "after a kill and it continues where it stopped.")
     p.add_argument("--spec", required=True, help="the TuningJob spec")
     p.add_argument("--corpus", required=True, help="the output of `kftune corpus` (directory or store URI)")

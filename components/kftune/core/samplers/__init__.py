@@ -1,4 +1,4 @@
-"""Samplers by Katib ``algorithmName``: ``random``, ``tpe``, ``grid`` and kftune's ``coarse-to-fine``.
+"""Samplers by Katib ``algorithmName``: ``random``, ``tpe``, ``grid``, and kftune's ``coarse-to-fine`` and ``bohb``.
 
 Every sampler keeps the contract in :mod:`kftune.core.samplers.base`::
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.samplers.base import Sampler
+from kftune.core.samplers.bohb import BOHBSampler
 from kftune.core.samplers.coarse_to_fine import CoarseToFineSampler
 from kftune.core.samplers.grid import GridSampler
 from kftune.core.samplers.random import RandomSampler
@@ -20,6 +21,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "tpe": TPESampler,
     "grid": GridSampler,
     "coarse-to-fine": CoarseToFineSampler,
+    "bohb": BOHBSampler,
 }
 
 
@@ -32,5 +34,5 @@ def get_sampler(name: str) -> Sampler:
                                    f"unknown algorithm {name!r}; known: {sorted(SAMPLERS)}")]) from None
 
 
-__all__ = ["SAMPLERS", "CoarseToFineSampler", "GridSampler", "RandomSampler", "Sampler", "TPESampler",
+__all__ = ["SAMPLERS", "BOHBSampler", "CoarseToFineSampler", "GridSampler", "RandomSampler", "Sampler", "TPESampler",
            "get_sampler"]

@@ -71,7 +71,7 @@ KATIB_GENERATED_FIELDS: Mapping[str, str] = MappingProxyType({
 #: Search algorithms (``algorithm.algorithmName``) and early-stopping rules (``earlyStopping.algorithmName``).
 #: Their ``algorithmSettings`` are defined and checked by the implementations: ``kftune.core.samplers.SAMPLERS``
 #: and ``kftune.core.early_stopping.EARLY_STOPPING`` (the tests keep these names equal to those registries).
-ALGORITHMS: tuple[str, ...] = ("random", "grid", "tpe", "coarse-to-fine")
+ALGORITHMS: tuple[str, ...] = ("random", "grid", "tpe", "coarse-to-fine", "bohb")
 EARLY_STOPPING_ALGORITHMS: tuple[str, ...] = ("medianstop", "successive-halving", "asha", "hyperband")
 
 
