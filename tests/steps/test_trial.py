@@ -224,3 +224,21 @@ def test_a_pipeline_loop_item_runs_its_request_or_says_why_the_round_is_skipped(
     skipped = trial.run_item({"skip": True, "round": 3, "reason": "nothing left to plan"}, corpus="unused", job=job)
     assert skipped.summary == {"skip": True, "round": 3} and skipped.metrics == {"skipped": 1}
     assert skipped.note == "round 3: nothing to train (nothing left to plan)" and skipped.result is None
+
+
+def test_the_encoding_cache_of_a_pool_worker_tells_apart_every_encoding_setting(corpus: Path) -> None:
+    """A worker runs many trials: a searched n-gram or casing setting gets its own encoding, never an earlier
+    trial's (the cache once keyed only on vocabulary and length settings)."""
+    import dataclasses
+
+    from kftune.nlp.config import defaults_for
+
+    info, task, splits = trial.load_corpus(str(corpus))
+    base = dataclasses.replace(defaults_for("text_classification"), document_encoder="ngram", word_ngrams=1,
+                               char_ngram_max=0, ngram_buckets=1024)
+    variants = [base, dataclasses.replace(base, word_ngrams=2), dataclasses.replace(base, char_ngram_max=3),
+                dataclasses.replace(base, casing_embedding_dim=4), dataclasses.replace(base, lowercase_words=True)]
+    encoders = [trial._encoded(str(corpus), task, splits, hp)[0] for hp in variants]
+    seen = [(e.ngrams, bool(e.casing), e.lowercase) for e in encoders]
+    assert len(set(seen)) == len(variants), seen
+    assert encoders[1].ngrams.word_ngrams == 2 and encoders[2].ngrams.char_max == 3
