@@ -195,6 +195,26 @@ class _Resume:
         return key
 
 
+def _epoch_by_epoch(sim: Any, t: Any, epochs: int, *, report: Callable[[int, float], Any],
+                    stop: Callable[[], bool]) -> bool:
+    """Train trial ``t`` one epoch at a time up to ``epochs`` (a shorter, failed recorded curve ends it), calling
+    ``report(epoch, dev score)`` after each; unless that spent the budget, ``stop()`` then says whether the
+    library stops the trial there. True when ``stop`` ended it (the per-epoch loop of the pruning peers)."""
+    try:
+        for epoch in range(1, epochs + 1):
+            dev = sim.train(t, epoch)
+            if len(dev) < epoch:
+                return False
+            report(epoch, dev[-1])
+            if sim.exhausted:
+                return False
+            if stop():
+                return True
+    except _bench(sim).BudgetExhausted:
+        pass
+    return False
+
+
 def _loss(table: Any, value: float | None) -> float:
     """The value as a loss to minimize (``inf`` for a failed run)."""
     if value is None:
@@ -226,20 +246,8 @@ def _optuna(name: str, table: Any, sim: Any, seed: int) -> dict[str, Any]:
                       for p, its in zip(table.space, items))
         t = sim.trial(("optuna", trial.number), point)
         run = sim.run_of(t, 0)
-        pruned = False
-        try:
-            for epoch in range(1, E + 1):
-                dev = sim.train(t, epoch)
-                if len(dev) < epoch:
-                    break
-                trial.report(dev[-1], epoch)
-                if sim.exhausted:
-                    break
-                if trial.should_prune():
-                    pruned = True
-                    break
-        except bench.BudgetExhausted:
-            pass
+        pruned = _epoch_by_epoch(sim, t, E, report=lambda epoch, dev: trial.report(dev, epoch),
+                                 stop=trial.should_prune)
         reached = t.reached[0]
         if reached == 0:
             study.tell(trial, state=TrialState.FAIL)
@@ -476,22 +484,18 @@ def _syne(name: str, table: Any, sim: Any, seed: int) -> dict[str, Any]:
         t = sim.trial(("syne", n), point)
         run = sim.run_of(t, 0)
         n += 1
-        decided = False
         last: dict[str, Any] | None = None
-        try:
-            for epoch in range(1, E + 1):
-                dev = sim.train(t, epoch)
-                if len(dev) < epoch:
-                    break
-                last = {"objective": dev[-1], "epoch": epoch}
-                if sim.exhausted:
-                    break
-                if scheduler.on_trial_result(trial=trial, result=last) == SchedulerDecision.STOP:
-                    scheduler.on_trial_remove(trial=trial)
-                    decided = True
-                    break
-        except bench.BudgetExhausted:
-            pass
+
+        def report(epoch: int, dev: float) -> None:
+            nonlocal last
+            last = {"objective": dev, "epoch": epoch}
+
+        def stop() -> bool:
+            return scheduler.on_trial_result(trial=trial, result=last) == SchedulerDecision.STOP
+
+        decided = _epoch_by_epoch(sim, t, E, report=report, stop=stop)
+        if decided:
+            scheduler.on_trial_remove(trial=trial)
         reached = t.reached[0]
         if run.failed:
             scheduler.on_trial_error(trial=trial)

@@ -326,10 +326,9 @@ class Corpus:
         """(encoder, train, dev, test, pretrained weights) for ``hp``'s encoding settings; the last
         :data:`ENCODINGS_KEPT` are kept (NSMC's grid has 6: word n-grams x character n-grams)."""
         from kftune.io.store import open_store
-        from kftune.nlp.embeddings import encode_corpus, ngram_spec
+        from kftune.nlp.embeddings import encode_corpus, encoding_key
 
-        key = (hp.min_word_freq, hp.max_length, hp.char_embeddings != "none", hp.pretrained_embeddings,
-               ngram_spec(hp), hp.casing_embedding_dim > 0, hp.lowercase_words)
+        key = encoding_key(hp)
         if key in self._encoded:
             self._encoded[key] = self._encoded.pop(key)  # the most recently used goes last
         else:
@@ -343,9 +342,11 @@ class Corpus:
 
 def test_metric(task: Any) -> str:
     """The name of ``kftune evaluate``'s main score for the task (what the trainer's metric computes)."""
+    from kftune.nlp.evaluation import normalize_tag_scheme
+
     if task.is_classification:
         return "accuracy"
-    return "span_f1_micro" if (task.tag_scheme or "").upper() in ("BIO", "BIOES", "IOB", "IOBES") else "token_accuracy"
+    return "span_f1_micro" if normalize_tag_scheme(task.tag_scheme) is not None else "token_accuracy"
 
 
 def train_run(prep: Prepared, corpus: Corpus, assignment: Mapping[str, Any], seed: int) -> dict[str, Any]:

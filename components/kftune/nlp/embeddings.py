@@ -563,6 +563,13 @@ def ngram_spec(hp: "Hyperparameters") -> NgramSpec | None:
                      buckets=hp.ngram_buckets, min_count=hp.ngram_min_count)
 
 
+def encoding_key(hp: "Hyperparameters") -> tuple[Any, ...]:
+    """Every setting of ``hp`` that :func:`encode_corpus` reads: two hyperparameter sets with the same key encode
+    a corpus alike (the key of the caches that keep encodings between trials or runs)."""
+    return (hp.min_word_freq, hp.max_length, hp.char_embeddings != "none", hp.pretrained_embeddings, ngram_spec(hp),
+            hp.casing_embedding_dim > 0, hp.lowercase_words)
+
+
 def encode_corpus(task: TaskInfo, train: Sequence[Example], dev: Sequence[Example] | None, hp: "Hyperparameters",
                   *, also_known: Iterable[Example] = (), tokenizer: Any = None, open_store: StoreOpener | None = None
                   ) -> tuple[TextEncoder, EncodedDataset, EncodedDataset | None, torch.Tensor | None]:

@@ -299,12 +299,10 @@ def load_corpus(uri: str) -> tuple[dict[str, Any], Any, dict[str, list[Any]]]:
 def _encoded(uri: str, task: Any, splits: dict[str, list[Any]], hp: Any) -> tuple[Any, Any, Any, Any]:
     """(encoder, train data, dev data, pretrained weights) for ``hp``'s encoding settings, cached."""
     from kftune.io.store import open_store
-    from kftune.nlp.embeddings import encode_corpus, ngram_spec
+    from kftune.nlp.embeddings import encode_corpus, encoding_key
 
-    # every setting encode_corpus reads: a pool worker runs many trials, and a searched n-gram or casing
-    # setting must not silently reuse an earlier trial's encoding
-    key = (uri, hp.min_word_freq, hp.max_length, hp.char_embeddings != "none", hp.pretrained_embeddings,
-           ngram_spec(hp), hp.casing_embedding_dim > 0, hp.lowercase_words)
+    # a pool worker runs many trials: a searched n-gram or casing setting must not reuse an earlier trial's encoding
+    key = (uri, *encoding_key(hp))
     if key not in _ENCODED_CACHE:
         encoder, train, dev, weights = encode_corpus(task, splits["train"], splits["dev"], hp, open_store=open_store)
         while len(_ENCODED_CACHE) >= 4:

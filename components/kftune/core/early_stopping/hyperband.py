@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
-from kftune.core import limits
 from kftune.core.algorithm_settings import SettingsReader
 from kftune.core.early_stopping.base import SETTINGS_PATH, BudgetRule, Promotion
-from kftune.core.early_stopping.successive_halving import eta_and_min_budget_problems, halving_decisions
+from kftune.core.early_stopping.successive_halving import (eta_and_min_budget_problems, halving_decisions,
+                                                           read_halving_settings)
 from kftune.core.errors import ConfigError, Problem
 from kftune.core.trials import Objective, Trial, check_objective
 
@@ -87,13 +87,8 @@ class Hyperband(BudgetRule):
     @classmethod
     def _read_settings(cls, reader: SettingsReader, *, max_epochs: int | None) -> dict[str, Any]:
         """``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
-        eta = reader.int("eta", cls.eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")
-        max_budget = reader.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
-        min_budget = reader.int("min_budget", DEFAULT_MIN_BUDGET, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
-        if max_budget is None and not reader.problems:  # reported alone, once the settings themselves are good
-            reader.problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
-                                           "not set: give max_budget (epochs) or the training's maxEpochs"))
-        return {"eta": eta, "min_budget": min_budget, "max_budget": max_budget}
+        return read_halving_settings(reader, eta=cls.eta, max_epochs=max_epochs,
+                                     min_budget=lambda _max_budget: DEFAULT_MIN_BUDGET)
 
     # -- the brackets ------------------------------------------------------------------------------
     @property

@@ -42,7 +42,7 @@ slow starter is not judged against a full cohort at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from kftune.core import limits
 from kftune.core.algorithm_settings import SettingsReader
@@ -111,6 +111,19 @@ def eta_and_min_budget_problems(eta: Any, min_budget: Any) -> list[Problem]:
     return problems
 
 
+def read_halving_settings(reader: SettingsReader, *, eta: int, max_epochs: int | None,
+                          min_budget: Callable[[int | None], int]) -> dict[str, Any]:
+    """``eta``, ``min_budget`` and ``max_budget`` as every halving rule reads them: ``eta`` defaults to ``eta``,
+    ``max_budget`` to ``max_epochs`` (the training's maxEpochs), ``min_budget`` to ``min_budget(max_budget)``."""
+    eta = reader.int("eta", eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")
+    max_budget = reader.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
+    first = reader.int("min_budget", min_budget(max_budget), minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
+    if max_budget is None and not reader.problems:  # reported alone, once the settings themselves are good
+        reader.problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
+                                       "not set: give max_budget (epochs) or the training's maxEpochs"))
+    return {"eta": eta, "min_budget": first, "max_budget": max_budget}
+
+
 @dataclass(frozen=True)
 class SuccessiveHalving(BudgetRule):
     """Synchronous successive halving over an explicit history. Pure: no state between calls."""
@@ -142,14 +155,8 @@ class SuccessiveHalving(BudgetRule):
     @classmethod
     def _read_settings(cls, reader: SettingsReader, *, max_epochs: int | None) -> dict[str, Any]:
         """``max_budget`` defaults to ``max_epochs`` (the training's maxEpochs)."""
-        eta = reader.int("eta", cls.eta, minimum=2, maximum=limits.MAX_TRIALS, unit="reduction factor")  # the class's field default: 2, ASHA's 3
-        max_budget = reader.int("max_budget", max_epochs, minimum=1, maximum=limits.MAX_EPOCHS, unit="epochs")
-        min_budget = reader.int("min_budget", default_min_budget(max_budget), minimum=1, maximum=limits.MAX_EPOCHS,
-                                unit="epochs")
-        if max_budget is None and not reader.problems:  # reported alone, once the settings themselves are good
-            reader.problems.append(Problem(f"{SETTINGS_PATH}.max_budget",
-                                           "not set: give max_budget (epochs) or the training's maxEpochs"))
-        return {"eta": eta, "min_budget": min_budget, "max_budget": max_budget}
+        return read_halving_settings(reader, eta=cls.eta, max_epochs=max_epochs,  # eta: 2, ASHA's 3
+                                     min_budget=default_min_budget)
 
     # -- rung math ------------------------------------------------------------------------------
     @property
@@ -236,4 +243,5 @@ class ASHA(SuccessiveHalving):
 
 
 __all__ = ["ASHA", "DEFAULT_MIN_BUDGET", "SETTINGS_PATH", "Promotion", "SuccessiveHalving", "default_min_budget",
+           "read_halving_settings",
            "halving_decisions"]
