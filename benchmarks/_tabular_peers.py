@@ -233,7 +233,9 @@ def _optuna(name: str, table: Any, sim: Any, seed: int) -> dict[str, Any]:
     bench = _bench(sim)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     E = table.max_epochs
-    study = optuna.create_study(direction=table.objective,
+    # a named study: HyperbandPruner puts a trial in a bracket by a hash of the study's name, which Optuna
+    # otherwise draws at random (the replays would not repeat with their seeds)
+    study = optuna.create_study(study_name=f"tabular-{seed}", direction=table.objective,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=E,
                                                                       reduction_factor=3))
