@@ -40,12 +40,12 @@ The table (``benchmarks/results/tabular/<table>.json``) is rebuilt from the JSON
 ``--write-every`` configurations and at the end; it holds the configurations with every seed recorded,
 and ``recorded.complete`` says whether that is the whole grid.
 
-Usage (one process, one thread; tables one after another; ``benchmarks/search_tabular.py record`` takes the
+Usage (one process, one thread, or ``--workers N`` processes of one thread each; tables one after another; ``benchmarks/search_tabular.py record`` takes the
 same options)::
 
     KFTUNE_CORPUS_MIRROR=../shared/corpora OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
         nice -n 5 python benchmarks/_tabular_record.py --table trec6,nsmc-0.1,ud-pos [--work /tmp/tabular-work]
-        [--max-configs N] [--write-every 10] [--results DIR]
+        [--max-configs N] [--write-every 10] [--workers 1] [--results DIR]
 
 Different tables may be recorded by different processes at once (each has its own work directory); one
 table by two processes may not (``<work>/<table>/lock``).
@@ -61,14 +61,16 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/quality.py, also when imported
 import quality  # noqa: E402 - after the path is set
@@ -526,17 +528,42 @@ def pending(prep: Prepared, runs: Mapping[tuple[int, int], Any]) -> Iterator[tup
 
 
 def record(table: Table, *, work: Path, results: Path, max_configs: int | None = None, write_every: int = 10,
-           command: str | None = None) -> dict[str, Any]:
+           command: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Record ``table`` (resuming what ``work`` holds): at most ``max_configs`` more configurations, the
-    table rewritten every ``write_every`` and at the end. Returns the table."""
+    table rewritten every ``write_every`` and at the end; ``workers`` > 1 trains that many configurations
+    at once, in forked processes (one thread each). Returns the table."""
     (work / table.name).mkdir(parents=True, exist_ok=True)
     with exclusive(work / table.name):
         return _record(prepare(table, work), results=results, max_configs=max_configs,
-                       write_every=write_every, command=command or command_for(table.name, work))
+                       write_every=write_every, command=command or command_for(table.name, work), workers=workers)
+
+
+#: The worker processes' state (set before forking; read by :func:`_train_config`).
+_WORKER: dict[str, Any] = {}
+
+
+def _train_config(task: tuple[int, dict[str, Any], list[int]]) -> list[dict[str, Any]]:
+    """Train every pending seed of one configuration: the rows to append (in a worker or in process)."""
+    prep, corpus = _WORKER["prep"], _WORKER["corpus"]
+    cid, assignment, seeds = task
+    rows = []
+    for seed in seeds:
+        begun = _now()
+        out = train_run(prep, corpus, assignment, seed)
+        rows.append({"config": cid, "seed": seed, "assignment": assignment, **out, "started_at": begun,
+                     "finished_at": _now(), "space": table_digest(prep.space)})
+    return rows
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool
 
 
 def _record(prep: Prepared, *, results: Path, max_configs: int | None, write_every: int,
-            command: str) -> dict[str, Any]:
+            command: str, workers: int = 1) -> dict[str, Any]:
     table = prep.table
     runs = read_runs(prep.runs_file)
     if prep.runs_file.is_file() and prep.runs_file.stat().st_size:
@@ -551,27 +578,45 @@ def _record(prep: Prepared, *, results: Path, max_configs: int | None, write_eve
              len(prep.points), len(table.seeds), table.max_epochs, len(todo), prep.runs_file)
     if max_configs is not None:
         todo = todo[:max_configs]
-    corpus = Corpus(prep.corpus) if todo else None
+    _WORKER.update(prep=prep, corpus=Corpus(prep.corpus) if todo else None)
     started = time.perf_counter()
-    for n, (cid, assignment, seeds) in enumerate(todo, 1):
-        for seed in seeds:
-            begun = _now()
-            out = train_run(prep, corpus, assignment, seed)  # type: ignore[arg-type]
-            row = {"config": cid, "seed": seed, "assignment": assignment, **out, "started_at": begun,
-                   "finished_at": _now(), "space": table_digest(prep.space)}
-            append_run(prep.runs_file, row)
-            runs[(cid, seed)] = row
-            log.info("%s: config %d seed %d: dev %s, test %s, %.1f s%s", table.name, cid, seed,
-                     " ".join(f"{x:.4f}" for x in out["dev"]), "-" if out["test"] is None else f"{out['test']:.4f}",
-                     out["seconds"], f" FAILED ({out['reason']})" if out["failed"] else "")
-        if n % write_every == 0 or n == len(todo):
-            elapsed = time.perf_counter() - started
-            log.info("%s: %d of %d configurations this session in %.0f s (%.0f s each); writing the table",
-                     table.name, n, len(todo), elapsed, elapsed / n)
-            write_table(build_table(prep, runs, command=command), results)
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        # Forked after the corpus is read, so every worker shares it; a configuration's seeds stay in one
+        # worker (they share its encoding). Rows are appended as configurations finish, so a kill loses
+        # only the configurations in training, and a partial table stays a near-prefix of the order.
+        pool = multiprocessing.get_context("fork").Pool(min(workers, len(todo)), initializer=_worker_init)
+        finished: Iterable[list[dict[str, Any]]] = pool.imap_unordered(_train_config, todo, chunksize=1)
+    else:
+        finished = map(_train_config, todo)
+    try:
+        for n, rows in enumerate(finished, 1):
+            for row in rows:
+                append_run(prep.runs_file, row)
+                runs[(row["config"], row["seed"])] = row
+                log.info("%s: config %d seed %d: dev %s, test %s, %.1f s%s", table.name, row["config"], row["seed"],
+                         " ".join(f"{x:.4f}" for x in row["dev"]),
+                         "-" if row["test"] is None else f"{row['test']:.4f}",
+                         row["seconds"], f" FAILED ({row['reason']})" if row["failed"] else "")
+            _written(n, len(todo), started, prep, runs, results, write_every, command)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _WORKER.clear()
     data = build_table(prep, runs, command=command)
     write_table(data, results)
     return data
+
+
+def _written(n: int, total: int, started: float, prep: Prepared, runs: Mapping[tuple[int, int], Any],
+             results: Path, write_every: int, command: str) -> None:
+    """Rewrite the table every ``write_every`` finished configurations and after the last."""
+    if n % write_every == 0 or n == total:
+        elapsed = time.perf_counter() - started
+        log.info("%s: %d of %d configurations this session in %.0f s (%.0f s each); writing the table",
+                 prep.table.name, n, total, elapsed, elapsed / n)
+        write_table(build_table(prep, runs, command=command), results)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -583,6 +628,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where the tables go (default benchmarks/results/tabular)")
     p.add_argument("--max-configs", type=int, help="record at most this many more configurations per table, then stop")
     p.add_argument("--write-every", type=int, default=10, help="rewrite the table every N configurations (default 10)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="configurations trained at once, each in its own process with one thread (default 1)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.table.split(",") if n.strip()]
     unknown = [n for n in names if n not in TABLES]
@@ -592,6 +639,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         p.error("--max-configs must be >= 0")
     if args.write_every < 1:
         p.error("--write-every must be >= 1")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -602,7 +651,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     work = Path(args.work).resolve()
     for name in names:
         data = record(TABLES[name], work=work, results=Path(args.results), max_configs=args.max_configs,
-                      write_every=args.write_every)
+                      write_every=args.write_every, workers=args.workers)
         rec = data["recorded"]
         print(f"{name}: {rec['configs']} of {data['grid_size']} configurations recorded"
               f"{' (complete)' if rec['complete'] else ''}: {Path(args.results) / (name + '.json')}", flush=True)

@@ -1128,10 +1128,59 @@ def run_all(table_paths: Sequence[str], methods: Sequence[str], repeats: int, wo
                 continue
             recs.sort(key=lambda r: r["seed"])
             res[name] = summarize(recs, budget)
+    for tname, res in report["results"].items():
+        report.setdefault("criteria", {})[tname] = bohb_criteria(res, report["methods"])
     report["wall_seconds"] = time.perf_counter() - started
     report["repeats"] = repeats
     report["workers"] = workers
     return report
+
+
+#: The issue's test of BOHB on each table: the method judged, and what it must beat.
+CRITERIA_METHOD = "bohb+hyperband"
+CRITERIA_BASELINES = {"random search": "random+none", "Hyperband": "random+hyperband"}
+CRITERIA_SHARES = ("0.25", "1.0")
+
+
+def bohb_criteria(results: Mapping[str, Any], methods: Mapping[str, Any],
+                  method: str = CRITERIA_METHOD) -> dict[str, Any] | None:
+    """Whether ``method``'s median regret at B/4 and B is below random search's and Hyperband's, and not worse
+    than the best peer's beyond the bootstrap intervals (the intervals of the two medians meet).
+
+    ``None`` when the method did not run. A criterion whose comparison method did not run is left out.
+    """
+    mine = (results.get(method) or {}).get("at")
+    if not mine:
+        return None
+    peers = [m for m, info in methods.items() if info.get("kind") == "peer" and "at" in (results.get(m) or {})]
+    out: dict[str, Any] = {"method": method, "at": {}}
+    met = True
+    for share in CRITERIA_SHARES:
+        a = mine.get(share) or {}
+        if a.get("median") is None:
+            out["at"][share] = {"met": False, "why": "no choice yet"}
+            met = False
+            continue
+        row: dict[str, Any] = {"median": a["median"], "ci95": a.get("ci95"), "below": {}}
+        for label, other in CRITERIA_BASELINES.items():
+            b = ((results.get(other) or {}).get("at") or {}).get(share) or {}
+            if b.get("median") is None:
+                continue
+            row["below"][label] = {"method": other, "median": b["median"], "met": a["median"] < b["median"]}
+        ranked = sorted((((results[m]["at"].get(share) or {}).get("median"), m) for m in peers),
+                        key=lambda t: (t[0] is None, t[0] or 0.0, t[1]))
+        if ranked and ranked[0][0] is not None:
+            best_median, best = ranked[0]
+            pa = results[best]["at"][share]
+            lo = (a.get("ci95") or [a["median"]] * 2)[0]
+            hi = (pa.get("ci95") or [best_median] * 2)[1]
+            row["best_peer"] = {"method": best, "median": best_median, "ci95": pa.get("ci95"),
+                                "met": a["median"] <= best_median or lo <= hi}
+        row["met"] = all(v["met"] for v in row["below"].values()) and row.get("best_peer", {}).get("met", True)
+        met = met and row["met"]
+        out["at"][share] = row
+    out["met"] = met
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1207,6 +1256,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {m} | {_cell(at.get('0.25'))} | {_cell(at.get('0.5'))} | {_cell(at.get('1.0'))} | "
                 f"{s['final']['found_best']:.2f} | {s['epochs_used']['median']:.0f} | {s['trials']:.0f} | "
                 f"{_fmt(s.get('exact_hits'), 2)} | {s['seconds']['mean']:.3f} |")
+        crit = (report.get("criteria") or {}).get(tname)
+        if crit:
+            lines += ["", *render_criteria(crit)]
         errs = {m: s for m, s in res.items() if s.get("errors")}
         if errs:
             lines += [""] + [f"- {m}: {s['errors']} of {s['repeats']} replays failed: "
@@ -1245,6 +1297,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   + ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items()) + "). *s / replay*: the "
                   "replay's own time per repeat, in its worker (the machine was shared).", ""]
     return "\n".join(lines)
+
+
+def render_criteria(crit: Mapping[str, Any]) -> list[str]:
+    """One table's BOHB criteria as Markdown lines."""
+    names = {"0.25": "B/4", "0.5": "B/2", "1.0": "B"}
+    verdict = "met" if crit.get("met") else "**not met**"
+    lines = [f"**BOHB criteria** (`{crit['method']}`: median regret below random search's and Hyperband's, and not "
+             f"worse than the best peer's beyond the bootstrap intervals): {verdict}.", ""]
+    for share, row in (crit.get("at") or {}).items():
+        if "median" not in row:
+            lines.append(f"- at {names.get(share, share)}: {row.get('why')}")
+            continue
+        parts = [f"{_fmt(row['median'])}"]
+        parts += [f"{'<' if b['met'] else 'not <'} {label} {_fmt(b['median'])}" for label, b in row["below"].items()]
+        peer = row.get("best_peer")
+        if peer:
+            ci = row.get("ci95") or [None, None]
+            pci = peer.get("ci95") or [None, None]
+            parts.append(f"best peer {peer['method']} {_fmt(peer['median'])} ({_fmt(pci[0])}–{_fmt(pci[1])}; "
+                         f"BOHB's interval {_fmt(ci[0])}–{_fmt(ci[1])}): "
+                         f"{'not worse' if peer['met'] else 'worse beyond the intervals'}")
+        lines.append(f"- at {names.get(share, share)}: " + "; ".join(parts) + f" — {'met' if row['met'] else 'not met'}")
+    return lines
 
 
 def render_plot(report: Mapping[str, Any], path: Path) -> None:

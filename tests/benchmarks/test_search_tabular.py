@@ -259,3 +259,32 @@ def test_every_default_peer_replays_on_a_partial_table_within_the_budget(name):
     assert rec["chosen"] is not None and 0 <= rec["final_regret"] < math.inf
     cum = [c for c, _ in rec["curve"]]
     assert cum == sorted(cum)
+
+
+def _at(median: float, lo: float, hi: float) -> dict:
+    return {"median": median, "ci95": [lo, hi]}
+
+
+def test_bohb_criteria_judge_medians_and_the_best_peers_interval():
+    methods = {"bohb+hyperband": {"kind": "kftune"}, "random+none": {"kind": "kftune"},
+               "random+hyperband": {"kind": "kftune"}, "peer-a": {"kind": "peer"}, "peer-b": {"kind": "peer"}}
+
+    def results(bohb_b: tuple[float, float, float]) -> dict:
+        return {"bohb+hyperband": {"at": {"0.25": _at(0.02, 0.018, 0.024), "1.0": _at(*bohb_b)}},
+                "random+none": {"at": {"0.25": _at(0.03, 0.02, 0.04), "1.0": _at(0.025, 0.02, 0.03)}},
+                "random+hyperband": {"at": {"0.25": _at(0.025, 0.02, 0.03), "1.0": _at(0.022, 0.02, 0.024)}},
+                "peer-a": {"at": {"0.25": _at(0.021, 0.019, 0.023), "1.0": _at(0.015, 0.014, 0.016)}},
+                "peer-b": {"at": {"0.25": _at(0.019, 0.017, 0.02), "1.0": _at(0.03, 0.02, 0.04)}}}
+
+    ok = bench.bohb_criteria(results((0.018, 0.016, 0.02)), methods)
+    assert ok["met"]
+    assert ok["at"]["0.25"]["best_peer"]["method"] == "peer-b"  # the best peer is chosen per share
+    assert ok["at"]["1.0"]["best_peer"]["method"] == "peer-a"
+    assert ok["at"]["1.0"]["best_peer"]["met"]  # 0.018 > 0.015, but BOHB's 0.016 meets the peer's 0.016
+    worse = bench.bohb_criteria(results((0.021, 0.019, 0.024)), methods)
+    assert not worse["met"] and not worse["at"]["1.0"]["best_peer"]["met"]  # 0.019 > the peer's 0.016
+    assert worse["at"]["1.0"]["below"]["Hyperband"]["met"]  # 0.021 < 0.022 still holds
+    above_random = bench.bohb_criteria(results((0.026, 0.014, 0.03)), methods)
+    assert not above_random["at"]["1.0"]["below"]["random search"]["met"] and not above_random["met"]
+    assert bench.bohb_criteria({"random+none": {"at": {}}}, methods) is None
+    assert "not met" in "\n".join(bench.render_criteria(worse))

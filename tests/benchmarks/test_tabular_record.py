@@ -128,6 +128,19 @@ def test_records_resumes_and_writes_the_table(tmp_path, corpus_mirror):
                    results=results, max_configs=0)
 
 
+def test_workers_record_the_same_runs_as_one_process(tmp_path, corpus_mirror):
+    one = rec.record(TINY, work=tmp_path / "one", results=tmp_path / "r1", max_configs=3, command="c")
+    two = rec.record(TINY, work=tmp_path / "two", results=tmp_path / "r2", max_configs=3, command="c", workers=2)
+
+    def scores(table):
+        return {c["id"]: [(r["seed"], r["dev"], r["test"]) for r in c["runs"]] for c in table["configs"]}
+
+    assert sorted(scores(two)) == [0, 1, 2]
+    assert scores(two) == scores(one)  # one thread per worker: the same trainings, in whatever order they end
+    rows = (tmp_path / "two" / "tiny" / "runs.jsonl").read_text().splitlines()
+    assert len(rows) == 6 and not rec._WORKER  # every seed once; the worker state is cleared
+
+
 def test_a_failed_run_is_recorded_with_the_dev_scores_it_reached(tmp_path, corpus_mirror, monkeypatch):
     prep = rec.prepare(TINY, tmp_path / "work")
     corpus = rec.Corpus(prep.corpus)
