@@ -978,7 +978,9 @@ def summarize(records: Sequence[Mapping[str, Any]], budget: int) -> dict[str, An
         vals = np.array([regret_at(r["curve"], f * budget) for r in ok])
         q25, med, q75 = _quantiles(vals, (0.25, 0.5, 0.75))
         lo, hi = bootstrap_median_ci(vals, seed=int(f * 1000))
+        finite = vals[np.isfinite(vals)]
         at[str(f)] = {"median": med, "q25": q25, "q75": q75, "ci95": [lo, hi],
+                      "mean": float(np.mean(finite)) if finite.size else None,
                       "no_choice": int(np.sum(~np.isfinite(vals))), "found_best": float(np.mean(vals <= 1e-12))}
     out["at"] = at
     finals = np.array([r["final_regret"] for r in ok], dtype=float)
@@ -1145,7 +1147,9 @@ CRITERIA_SHARES = ("0.25", "1.0")
 def bohb_criteria(results: Mapping[str, Any], methods: Mapping[str, Any],
                   method: str = CRITERIA_METHOD) -> dict[str, Any] | None:
     """Whether ``method``'s median regret at B/4 and B is below random search's and Hyperband's, and not worse
-    than the best peer's beyond the bootstrap intervals (the intervals of the two medians meet).
+    than the best peer's beyond the bootstrap intervals (the intervals of the two medians meet). Equal medians
+    (common where most replays find the table's best, regret 0) are not "below": they are marked ``tie``, and
+    the report shows the mean regrets beside them.
 
     ``None`` when the method did not run. A criterion whose comparison method did not run is left out.
     """
@@ -1161,12 +1165,13 @@ def bohb_criteria(results: Mapping[str, Any], methods: Mapping[str, Any],
             out["at"][share] = {"met": False, "why": "no choice yet"}
             met = False
             continue
-        row: dict[str, Any] = {"median": a["median"], "ci95": a.get("ci95"), "below": {}}
+        row: dict[str, Any] = {"median": a["median"], "mean": a.get("mean"), "ci95": a.get("ci95"), "below": {}}
         for label, other in CRITERIA_BASELINES.items():
             b = ((results.get(other) or {}).get("at") or {}).get(share) or {}
             if b.get("median") is None:
                 continue
-            row["below"][label] = {"method": other, "median": b["median"], "met": a["median"] < b["median"]}
+            row["below"][label] = {"method": other, "median": b["median"], "mean": b.get("mean"),
+                                   "met": a["median"] < b["median"], "tie": a["median"] == b["median"]}
         ranked = sorted((((results[m]["at"].get(share) or {}).get("median"), m) for m in peers),
                         key=lambda t: (t[0] is None, t[0] or 0.0, t[1]))
         if ranked and ranked[0][0] is not None:
@@ -1310,7 +1315,10 @@ def render_criteria(crit: Mapping[str, Any]) -> list[str]:
             lines.append(f"- at {names.get(share, share)}: {row.get('why')}")
             continue
         parts = [f"{_fmt(row['median'])}"]
-        parts += [f"{'<' if b['met'] else 'not <'} {label} {_fmt(b['median'])}" for label, b in row["below"].items()]
+        for label, b in row["below"].items():
+            rel = "<" if b["met"] else "= (a tie, not below)" if b.get("tie") else "> (not below)"
+            means = f" (means {_fmt(row.get('mean'))} vs {_fmt(b.get('mean'))})" if b.get("tie") else ""
+            parts.append(f"{rel} {label} {_fmt(b['median'])}{means}")
         peer = row.get("best_peer")
         if peer:
             ci = row.get("ci95") or [None, None]

@@ -286,5 +286,8 @@ def test_bohb_criteria_judge_medians_and_the_best_peers_interval():
     assert worse["at"]["1.0"]["below"]["Hyperband"]["met"]  # 0.021 < 0.022 still holds
     above_random = bench.bohb_criteria(results((0.026, 0.014, 0.03)), methods)
     assert not above_random["at"]["1.0"]["below"]["random search"]["met"] and not above_random["met"]
+    tie = bench.bohb_criteria(results((0.022, 0.02, 0.024)), methods)
+    assert tie["at"]["1.0"]["below"]["Hyperband"]["tie"] and not tie["at"]["1.0"]["below"]["Hyperband"]["met"]
+    assert "a tie" in "\n".join(bench.render_criteria(tie)) and not tie["met"]
     assert bench.bohb_criteria({"random+none": {"at": {}}}, methods) is None
     assert "not met" in "\n".join(bench.render_criteria(worse))
