@@ -40,8 +40,8 @@ The table (``benchmarks/results/tabular/<table>.json``) is rebuilt from the JSON
 ``--write-every`` configurations and at the end; it holds the configurations with every seed recorded,
 and ``recorded.complete`` says whether that is the whole grid.
 
-Usage (one process, one thread, or ``--workers N`` processes of one thread each; tables one after another; ``benchmarks/search_tabular.py record`` takes the
-same options)::
+Usage (one process, one thread, or ``--workers N`` processes of one thread each; tables one after another;
+``benchmarks/search_tabular.py record`` takes the same options)::
 
     KFTUNE_CORPUS_MIRROR=../shared/corpora OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
         nice -n 5 python benchmarks/_tabular_record.py --table trec6,nsmc-0.1,ud-pos [--work /tmp/tabular-work]
@@ -598,7 +598,11 @@ def _record(prep: Prepared, *, results: Path, max_configs: int | None, write_eve
                          " ".join(f"{x:.4f}" for x in row["dev"]),
                          "-" if row["test"] is None else f"{row['test']:.4f}",
                          row["seconds"], f" FAILED ({row['reason']})" if row["failed"] else "")
-            _written(n, len(todo), started, prep, runs, results, write_every, command)
+            if n % write_every == 0 or n == len(todo):
+                elapsed = time.perf_counter() - started
+                log.info("%s: %d of %d configurations this session in %.0f s (%.0f s each); writing the table",
+                         table.name, n, len(todo), elapsed, elapsed / n)
+                write_table(build_table(prep, runs, command=command), results)
     finally:
         if pool is not None:
             pool.terminate()
@@ -607,16 +611,6 @@ def _record(prep: Prepared, *, results: Path, max_configs: int | None, write_eve
     data = build_table(prep, runs, command=command)
     write_table(data, results)
     return data
-
-
-def _written(n: int, total: int, started: float, prep: Prepared, runs: Mapping[tuple[int, int], Any],
-             results: Path, write_every: int, command: str) -> None:
-    """Rewrite the table every ``write_every`` finished configurations and after the last."""
-    if n % write_every == 0 or n == total:
-        elapsed = time.perf_counter() - started
-        log.info("%s: %d of %d configurations this session in %.0f s (%.0f s each); writing the table",
-                 prep.table.name, n, total, elapsed, elapsed / n)
-        write_table(build_table(prep, runs, command=command), results)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

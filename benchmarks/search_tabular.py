@@ -1326,7 +1326,8 @@ def render_criteria(crit: Mapping[str, Any]) -> list[str]:
             parts.append(f"best peer {peer['method']} {_fmt(peer['median'])} ({_fmt(pci[0])}–{_fmt(pci[1])}; "
                          f"BOHB's interval {_fmt(ci[0])}–{_fmt(ci[1])}): "
                          f"{'not worse' if peer['met'] else 'worse beyond the intervals'}")
-        lines.append(f"- at {names.get(share, share)}: " + "; ".join(parts) + f" — {'met' if row['met'] else 'not met'}")
+        verdict_here = "met" if row["met"] else "not met"
+        lines.append(f"- at {names.get(share, share)}: " + "; ".join(parts) + f" — {verdict_here}")
     return lines
 
 
