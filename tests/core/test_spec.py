@@ -749,6 +749,17 @@ def test_too_many_corpora():
     assert "at most 16" in problems_of(_with_corpus({"corpora": corpora}))[0].message
 
 
+def test_train_with_dev_parses_and_a_non_boolean_names_the_field():
+    data = base()
+    data["spec"]["train"]["trainWithDev"] = True
+    job = parse_spec(data)
+    assert job.spec.train.train_with_dev is True
+    assert TrainerConfig(**dataclasses.asdict(job.spec.train)).train_with_dev
+    assert parse_spec(BASE).spec.train.train_with_dev is False
+    data["spec"]["train"]["trainWithDev"] = "sometimes"
+    assert [p.path for p in problems_of(data)] == ["spec.train.trainWithDev"]
+
+
 def test_write_weights_and_plain_adam_parse():
     data = base()
     data["spec"]["train"]["writeWeights"] = True

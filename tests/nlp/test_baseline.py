@@ -121,6 +121,19 @@ def test_c_is_picked_on_dev_and_the_final_fit_uses_train_only(fake_classifier: t
     assert no_dev.params["C"] == bl.DEFAULT_C and no_dev.dev_score is None
 
 
+def test_with_train_with_dev_c_is_still_picked_on_dev_and_the_scored_fit_adds_dev(
+        fake_classifier: type[_FakeClassifier]) -> None:
+    """A model trained with train.trainWithDev is compared with a baseline that saw the same sentences: C from
+    the grid's fits on train alone (held-out dev score), then one fit on train + dev."""
+    train = [_cls("alpha beta", "x"), _cls("gamma delta", "y"), _cls("alpha gamma", "x")]
+    dev = [_cls("alpha", "x"), _cls("beta", "x")]
+    result = run_baseline("text_classification", train, dev, [_cls("beta", "y")], train_with_dev=True)
+    assert result.params["C"] == 2.0 and result.dev_score == 1.0
+    assert fake_classifier.fits == [(c, 3) for c in bl.C_GRID] + [(2.0, 5)]
+    assert result.n_train == 5 and result.params["fitted_on"] == "train + dev"
+    assert result.method.endswith("on train + dev")
+
+
 def test_a_train_split_with_one_class_predicts_it() -> None:
     result = run_baseline("text_classification", [_cls("a b", "x"), _cls("c", "x")], [_cls("d", "x")],
                           [_cls("e", "x"), _cls("f", "y")])
@@ -161,6 +174,16 @@ def test_most_frequent_tag_gives_exactly_the_expected_tags() -> None:
     assert result.test_score == pytest.approx(6 / 7) and result.dev_score == 1.0
     assert result.test_predictions == (("DET", "NOUN", "VERB", "PROPN", "NUM", "PUNCT", "VERB"),)
     assert result.params["shapes"] == {"digit": "NUM", "lower": "VERB", "punct": "PUNCT", "title": "PROPN"}
+
+
+def test_the_tagger_counts_dev_too_with_train_with_dev() -> None:
+    dev = [_tagged("zorb zorb", "NOUN NOUN")]  # a word train never saw: VERB by its shape, NOUN in dev
+    test = [_tagged("zorb", "NOUN")]
+    held_out = run_baseline("sequence_labeling", POS_TRAIN, dev, test)
+    with_dev = run_baseline("sequence_labeling", POS_TRAIN, dev, test, train_with_dev=True)
+    assert held_out.test_score == 0.0 and with_dev.test_score == 1.0
+    assert with_dev.dev_score == held_out.dev_score == 0.0  # the dev score stays the held-out one
+    assert with_dev.n_train == len(POS_TRAIN) + 1
 
 
 def test_ties_go_to_the_alphabetically_first_tag() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from kftune.core.errors import ConfigError
@@ -235,3 +237,52 @@ def test_the_pipeline_s_final_training_trains_the_winner_into_the_run_s_journal(
     assert "<td>learning_rate</td><td>0.02</td>" in result.html
     with pytest.raises(ConfigError, match="final.best"):
         run_final(FinalConfig(corpus=str(corpus), store=str(tmp_path / "store"), run_id="r1", best={}), job=job)
+
+
+def test_train_with_dev_retrains_the_best_run_on_train_and_dev_for_its_best_epochs(tmp_path: Path) -> None:
+    """train.trainWithDev (Flair's train_with_dev): the first phase is the plain training (its held-out dev
+    score is the result's); then the best run trains again from its seed on train + dev for the epochs of its
+    best dev score, and that model is model.pt: it knows a word only dev has. Evaluation fits the baseline on
+    train + dev as well. A resumed run finds both phases done and writes the same model."""
+    from kftune.steps.evaluate import EvaluateConfig
+    from kftune.steps.evaluate import run as evaluate
+
+    dev_only = {"label": "A", "text": "the kumquat", "tokens": ["the", "kumquat"]}
+    corpus = write_corpus(tmp_path / "corpus", "text_classification", sizes=(120, 30, 20), extra={"dev": [dev_only]})
+    hp = Hyperparameters.from_mapping({"embedding_dim": 8, "document_encoder": "mean", "learning_rate": 0.01},
+                                      "text_classification")
+    plain = run(TrainConfig(corpus=str(corpus), out=str(tmp_path / "plain"), hyperparameters=hp, show_progress=False,
+                            trainer=TrainerConfig(max_epochs=4, training_runs=2, seed=3)))
+    cfg = TrainConfig(corpus=str(corpus), out=str(tmp_path / "o"), hyperparameters=hp, show_progress=False,
+                      trainer=TrainerConfig(max_epochs=4, training_runs=2, seed=3, train_with_dev=True))
+    result = run(cfg)
+    assert result.dev_scores == plain.dev_scores and result.best_run == plain.best_run  # phase one: the same
+    assert result.train_with_dev_epochs == plain.best_epoch and plain.train_with_dev_epochs is None
+    out = tmp_path / "o"
+    rows = (out / "loss_with_dev.tsv").read_text().splitlines()[1:]
+    assert len(rows) == plain.best_epoch and {r.split("\t")[-1] for r in rows} == {str(plain.best_run)}
+    assert (out / "checkpoints" / f"run-{plain.best_run}-with-dev.pt").exists()
+    model = load_model(out / "model.pt")
+    assert model.metadata["train_with_dev"] == {"epochs": plain.best_epoch, "run": plain.best_run,
+                                                "train_examples": 151}
+    assert "kumquat" in model.encoder.words.stoi and "kumquat" not in load_model(tmp_path / "plain" / "model.pt"
+                                                                                  ).encoder.words.stoi
+    assert model.metadata["dev_score"] == plain.dev_scores[plain.best_run - 1]
+
+    judged = evaluate(EvaluateConfig(model=str(out / "model.pt"), corpus=str(corpus), out=str(tmp_path / "eval")))
+    assert judged.baseline.n_train == 151 and judged.baseline.method.endswith("on train + dev")
+    held_out = evaluate(EvaluateConfig(model=str(tmp_path / "plain" / "model.pt"), corpus=str(corpus),
+                                       out=str(tmp_path / "eval-plain")))
+    assert held_out.baseline.n_train == 120
+    from kftune.steps import report
+
+    report.run(report.ReportConfig(out=str(tmp_path / "report"), train=str(out)))
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert f"| trained again on train + dev | {plain.best_epoch} epochs" in page
+
+    before = model.model.state_dict()
+    again = run(dataclasses.replace(cfg, resume=True))
+    assert again.train_with_dev_epochs == result.train_with_dev_epochs
+    assert (out / "loss_with_dev.tsv").read_text().splitlines()[1:] == rows
+    after = load_model(out / "model.pt").model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -99,8 +99,11 @@ class BaselineResult:
 
 def run_baseline(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Sequence[Any], *,
                  tag_scheme: str | None = None, label_type: str | None = None,
-                 keep_predictions: bool = False) -> BaselineResult:
+                 keep_predictions: bool = False, train_with_dev: bool = False) -> BaselineResult:
     """Train the task's baseline on ``train``, choose its setting on ``dev``, score it on ``test``.
+    ``train_with_dev`` (for a model trained with ``train.trainWithDev``): the setting is still chosen on
+    ``dev`` with a fit on ``train`` alone, and the scored baseline is then fitted on train + dev, so both
+    sides of the comparison learned from the same sentences; the dev score stays the held-out one.
 
     ``task``: ``"text_classification"``/``"sequence_labeling"`` or an object with ``type`` (and
     ``tag_scheme``/``label_type``, e.g. :class:`kftune.nlp.data.TaskInfo`); ``tag_scheme`` and
@@ -118,14 +121,19 @@ def run_baseline(task: Any, train: Sequence[Any], dev: Sequence[Any], test: Sequ
     if not train:
         raise DataError("the baseline needs a non-empty train split")
     started = time.perf_counter()
+    refit = list(dev) if train_with_dev else []
     if task_type == "text_classification":
-        result = _classification(train, dev, test, label_type)
+        result = _classification(train, dev, test, label_type, refit)
     else:
-        result = _tagging(train, dev, test, normalize_tag_scheme(tag_scheme), label_type)
+        result = _tagging(train, dev, test, normalize_tag_scheme(tag_scheme), label_type, refit)
     seconds = time.perf_counter() - started
     import dataclasses
 
-    result = dataclasses.replace(result, seconds=seconds, n_train=len(train), n_dev=len(dev), n_test=len(test),
+    if refit:
+        result = dataclasses.replace(result, method=result.method + " on train + dev",
+                                     params={**result.params, "fitted_on": "train + dev"})
+    result = dataclasses.replace(result, seconds=seconds, n_train=len(train) + len(refit), n_dev=len(dev),
+                                 n_test=len(test),
                                  test_predictions=result.test_predictions if keep_predictions else None)
     log.info("baseline %s: dev %s %s, test %s %.4f (%.1f s)", result.method, result.metric,
              "-" if result.dev_score is None else f"{result.dev_score:.4f}", result.metric, result.test_score,
@@ -178,7 +186,7 @@ def _classifier(c: float, n_classes: int) -> Any:
 
 
 def _classification(train: Sequence[Any], dev: Sequence[Any], test: Sequence[Any],
-                    label_type: str | None) -> BaselineResult:
+                    label_type: str | None, refit: Sequence[Any] = ()) -> BaselineResult:
     y_train = [e.label for e in train]
     classes = sorted(set(y_train))
     if len(classes) < 2:  # nothing to learn: the one class seen
@@ -215,7 +223,11 @@ def _classification(train: Sequence[Any], dev: Sequence[Any], test: Sequence[Any
         dev_score: float | None = best
     else:
         best_c, dev_score = DEFAULT_C, None
-    model = _classifier(best_c, len(classes)).fit(x_train, y_train)  # the same fit as in the grid: train only
+    if refit:  # train_with_dev: the chosen C fitted again on train + dev (features from both)
+        features = _vectorizer(min_df)
+        x_train = features.fit_transform([*train, *refit])
+        y_train = y_train + [e.label for e in refit]
+    model = _classifier(best_c, len(classes)).fit(x_train, y_train)  # without refit: the grid's fit, train only
     predictions = tuple(str(p) for p in model.predict(features.transform(test))) if test else ()
     test_score = _score([e.label for e in test], list(predictions), "text_classification", None, label_type,
                         classes)
@@ -320,12 +332,14 @@ def repair_bio(tags: Sequence[str]) -> list[str]:
 
 
 def _tagging(train: Sequence[Any], dev: Sequence[Any], test: Sequence[Any], tag_scheme: str | None,
-             label_type: str | None) -> BaselineResult:
+             label_type: str | None, refit: Sequence[Any] = ()) -> BaselineResult:
     tagger = MostFrequentTagger.fit([(e.tokens, e.tags or ()) for e in train], tag_scheme)
     dev_score = None
     if dev:
         dev_score = _score([list(e.tags or ()) for e in dev], [tagger.tag(e.tokens) for e in dev],
                            "sequence_labeling", tag_scheme, label_type, None)
+    if refit:  # train_with_dev: counted again over train + dev
+        tagger = MostFrequentTagger.fit([(e.tokens, e.tags or ()) for e in [*train, *refit]], tag_scheme)
     predictions = tuple(tuple(tagger.tag(e.tokens)) for e in test)
     evaluation = evaluate_predictions([list(e.tags or ()) for e in test], [list(p) for p in predictions],
                                       "sequence_labeling", tag_scheme=tag_scheme, label_type=label_type)

@@ -226,6 +226,7 @@ class TrainerConfig:
     num_threads: int | None = None           # torch intra-op threads on CPU (None: torch's default)
     keep_best: bool = True                   # the final model is the best-dev epoch's weights
     write_weights: bool = False              # kftune train: weights.tsv + weights.png (Flair's write_weights)
+    train_with_dev: bool = False             # Flair's train_with_dev: then retrain on train + dev for the best epochs
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None, path: str = "spec.train",
@@ -567,6 +568,7 @@ _TRAINER_SPECS: dict[str, _Spec] = {
     "num_threads": _Spec(_optional(_to_int), Bound(1, limits.MAX_THREADS, unit="threads")),
     "keep_best": _Spec(_to_bool),
     "write_weights": _Spec(_to_bool),
+    "train_with_dev": _Spec(_to_bool),
 }
 
 #: The interval (and unit) of every numeric hyperparameter and trainer setting (``docs/spec.md`` lists them).

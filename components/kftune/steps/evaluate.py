@@ -17,7 +17,8 @@ Output in ``--out`` (a directory or store URI):
   ``null`` for an empty sentence), ``tag_scores`` (tagging) and ``correct``.
 - ``baseline.json`` (unless ``baseline`` is off, ``--no-baseline``): the baseline a user would try
   first (:mod:`kftune.nlp.baseline`: TF-IDF + logistic regression with ``C`` picked on dev for
-  classification, the most frequent tag per word for tagging), trained on the corpus' train split and
+  classification, the most frequent tag per word for tagging), trained on the corpus' train split (on
+  train + dev when the model was, ``train.trainWithDev``: it says so in its metadata) and
   scored on the same split with the same metric as the model, plus the model's score and the
   difference. ``result.json`` holds it under ``baseline`` and ``report.md`` shows the three numbers
   side by side.
@@ -258,7 +259,7 @@ def run(config: EvaluateConfig, *, sinks: MetricsSink | None = None) -> Evaluate
         from kftune.nlp.baseline import run_baseline
 
         baseline = run_baseline(task_type, splits["train"], splits["dev"], examples, tag_scheme=tag_scheme,
-                                label_type=label_type)
+                                label_type=label_type, train_with_dev="train_with_dev" in model.metadata)
         if baseline.metric != evaluation.main_score_name:  # same scorer and scheme: cannot happen
             raise DataError(f"the baseline is scored by {baseline.metric} but the model by "
                             f"{evaluation.main_score_name}")

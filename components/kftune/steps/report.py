@@ -329,7 +329,7 @@ def _summary(config: ReportConfig, parts: _Parts, direction: str, metric: str, n
         summary["best"] = best
     if parts.train is not None:
         summary["final_training"] = {k: parts.train.get(k) for k in ("status", "dev_score", "epochs", "best_epoch",
-                                                                     "model_uri", "seconds")}
+                                                                     "model_uri", "seconds", "train_with_dev_epochs")}
     if parts.evaluation is not None:
         e = parts.evaluation
         summary["test"] = {"split": e.get("split", "test"), "metric": e.get("main_score_name"),
@@ -414,7 +414,9 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
     if "final_training" in summary:
         f = summary["final_training"]
         rows.append(("final training", f"dev score {_fmt(f['dev_score'])}, best epoch {_fmt(f['best_epoch'])} "
-                                       f"of {_fmt(f['epochs'])}, {f['status'] or '-'}"))
+                                       f"of {_fmt(f['epochs'])}, {f['status'] or '-'}"
+                                       + (f"; then trained on train + dev for {f['train_with_dev_epochs']} epochs"
+                                          if f.get("train_with_dev_epochs") else "")))
     if "test" in summary:
         s = summary["test"]
         rows.append((f"**{s['split']} score**", f"**{_fmt(s['score'])}** ({s['metric']})"))
@@ -467,6 +469,9 @@ def render_markdown(config: ReportConfig, parts: _Parts, summary: dict[str, Any]
                                    ("dev scores", ", ".join(_fmt(s) for s in t.get("dev_scores") or []) or "-"),
                                    ("best run / epoch", f"{_fmt(t.get('best_run'))} / {_fmt(t.get('best_epoch'))}"),
                                    ("epochs", t.get("epochs")), ("seconds", t.get("seconds")),
+                                   *([("trained again on train + dev", f"{t['train_with_dev_epochs']} epochs "
+                                       "(trainWithDev: the model file; dev scores above are held-out)")]
+                                     if t.get("train_with_dev_epochs") else []),
                                    ("model", f"`{t.get('model_uri')}`")])
         by_corpus = t.get("dev_scores_by_corpus") or {}
         if isinstance(by_corpus, Mapping) and by_corpus:

@@ -14,6 +14,11 @@ seeds ``seed, seed+1, ...`` and writes under ``--out`` (a directory or ``s3://``
     checkpoints/run-N.pt  the last checkpoint of run N (every epoch; on SIGTERM mid-epoch too)
     result.json           the :class:`TrainResult`
 
+With ``train_with_dev`` (``train.trainWithDev``, ``--train-with-dev``; Flair's option of that name) the best run
+is then trained again from its seed on train + dev, for the epochs at which it scored best on the dev split it
+had not seen, and that model is ``model.pt`` (:func:`_train_with_dev`). ``dev_score`` stays the held-out
+score of the first phase; the second phase writes ``loss_with_dev.tsv`` and ``checkpoints/run-N-with-dev.pt``.
+
 The pipeline's final training is :func:`run_final`: the winner of the search (select-best's record) trained
 with the spec's ``model`` and ``train`` blocks into the run's journal (``runs/<run>/final/``), resumed.
 
@@ -104,11 +109,82 @@ class TrainResult:
     hyperparameters: dict[str, Any]
     trainer: dict[str, Any]
     dev_scores_by_corpus: dict[str, float] = field(default_factory=dict)
+    train_with_dev_epochs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["dev_scores"] = list(self.dev_scores)
         return out
+
+
+@dataclass(frozen=True)
+class _Refit:
+    """The retraining on train + dev (``train_with_dev``): its last weights, the encoder and pretrained
+    vectors it was built with, its epochs and the number of training examples."""
+
+    final_state: dict[str, Any]
+    encoder: Any
+    pretrained_weights: Any
+    epochs: int
+    train_examples: int
+
+
+def _fresh_run(config: TrainConfig, task: Any, hp: Hyperparameters, encoder: Any, weights: Any, store: Any,
+               run_number: int, suffix: str = "") -> tuple[int, Any, Any]:
+    """``(seed, model, checkpoints)`` of run ``run_number``: the seed set, a new model, and the checkpoint
+    ``checkpoints/run-N<suffix>.pt`` (replaced, with a warning, unless the config resumes)."""
+    from kftune.io.store import open_store
+    from kftune.nlp.checkpoint import CheckpointStore, seed_everything
+    from kftune.nlp.models import build_model
+
+    seed = config.trainer.seed + run_number - 1
+    seed_everything(seed)
+    model = build_model(task.type, hp, encoder, pretrained_weights=weights,
+                        storage_mode=config.trainer.embeddings_storage_mode, open_store=open_store)
+    checkpoints = CheckpointStore(store, f"checkpoints/run-{run_number}{suffix}.pt")
+    if not config.resume and checkpoints.exists():
+        log.warning("run %d: replacing the checkpoint at %s (pass --resume to continue from it)",
+                    run_number, checkpoints.uri)
+        checkpoints.delete()
+    return seed, model, checkpoints
+
+
+def _train_with_dev(config: TrainConfig, task: Any, splits: Mapping[str, Sequence[Any]], hp: Hyperparameters,
+                    held_out: Any, run_number: int, store: Any, device: Any, stop_flag: Any) -> _Refit:
+    """Flair's ``train_with_dev``, with the epoch count measured first: the run ``run_number`` (whose fit on
+    train alone is ``held_out``) trained again from its seed on train + dev, vocabularies and n-gram weights
+    rebuilt from both, for the epochs at which that run scored best on the dev split it had not seen. Nothing
+    is selected on dev here (its scores are on seen data): the last epoch's weights are the model, and the
+    plateau scheduler, which reads the dev score, anneals when the fit to seen data stalls (Flair anneals on
+    the training loss). Checkpointed as ``checkpoints/run-N-with-dev.pt`` and resumed like the first phase;
+    the epochs go to ``loss_with_dev.tsv``."""
+    from kftune.io.store import open_store, put_text
+    from kftune.nlp.embeddings import encode_corpus
+    from kftune.nlp.trainer import Trainer
+
+    tcfg = config.trainer
+    epochs = max(held_out.best_epoch, 1)
+    both = [*splits["train"], *splits["dev"]]
+    encoder, train_data, dev_data, weights = encode_corpus(task, both, splits["dev"], hp,
+                                                           also_known=splits.get("test", ()), open_store=open_store)
+    log.info("train_with_dev: run %d again on train + dev (%d sentences) for %d epochs, its best on held-out dev; "
+             "the dev scores below are on seen data", run_number, train_data.num_usable, epochs)
+    seed, model, checkpoints = _fresh_run(config, task, hp, encoder, weights, store, run_number, "-with-dev")
+    cfg = dataclasses.replace(tcfg, max_epochs=epochs, patience=epochs, keep_best=False, write_weights=False)
+    current: list[Any] = []
+
+    def on_epoch_end(epoch: int, result: Any) -> bool:
+        put_text(store, "loss_with_dev.tsv", loss_tsv([h.to_dict() for h in current[0].history]))
+        return False
+
+    trainer = Trainer(model, encoder, train_data, dev_data, hp, cfg, seed=seed, run=run_number, device=device,
+                      callbacks=[on_epoch_end], checkpoints=checkpoints, stop_requested=stop_flag,
+                      show_progress=config.show_progress)
+    current.append(trainer)
+    fit = trainer.fit(resume=config.resume)
+    put_text(store, "loss_with_dev.tsv", loss_tsv([h.to_dict() for h in fit.history]))
+    return _Refit(final_state=fit.final_state, encoder=encoder, pretrained_weights=weights, epochs=fit.epochs,
+                  train_examples=train_data.num_usable)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,7 +286,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from kftune.io.metrics import sinks_from_env
     from kftune.io.store import open_store, put_json, put_text
-    from kftune.nlp.checkpoint import CheckpointStore, seed_everything
+    from kftune.nlp.checkpoint import seed_everything
     from kftune.nlp.data import SPLITS, read_corpus_info, read_split, task_from_corpus_info
     from kftune.nlp.embeddings import encode_corpus
     from kftune.nlp.model_io import save_model
@@ -252,15 +328,7 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     try:
         with _sigterm_to_flag(config.handle_signals) as stop_flag:
             for k in range(1, tcfg.training_runs + 1):
-                seed = tcfg.seed + k - 1
-                seed_everything(seed)
-                model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights,
-                                    storage_mode=tcfg.embeddings_storage_mode, open_store=open_store)
-                checkpoints = CheckpointStore(store, f"checkpoints/run-{k}.pt")
-                if not config.resume and checkpoints.exists():
-                    log.warning("run %d: replacing the checkpoint at %s (pass --resume to continue from it)",
-                                k, checkpoints.uri)
-                    checkpoints.delete()
+                seed, model, checkpoints = _fresh_run(config, task, hp, encoder, pretrained_weights, store, k)
                 current: list[Trainer] = []  # the trainer below, once made (its history includes resumed epochs)
                 tracker = WeightTracker(model, run=k) if tcfg.write_weights else None
                 if tracker is not None and tracker.skipped:
@@ -293,10 +361,14 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                     best_fit_index = len(fits) - 1
                     best_state = fit.best_state if fit.best_state is not None else fit.final_state
                 del model, trainer
+            best = fits[best_fit_index]
+            refit = None
+            if tcfg.train_with_dev and best.status != "paused":
+                refit = _train_with_dev(config, task, splits, hp, best, best_fit_index + 1, store, device, stop_flag)
+                best_state = refit.final_state
     finally:
         sink.close()
 
-    best = fits[best_fit_index]
     put_text(store, "loss.tsv", loss_tsv(done_rows))
     if done_rows:
         _write_plot(store, done_rows, title=task.corpus_name or task.type)
@@ -312,21 +384,27 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                 "run": best_fit_index + 1, "status": status, "corpus": info.get("name"),
                 "corpus_splits": {s: (info.get("splits", {}).get(s) or {}).get("sha256") for s in SPLITS},
                 "trainer": tcfg.to_dict()}
+    encoder_out, weights_out = encoder, pretrained_weights
+    if refit is not None:  # the model file is the retrained one: its vocabularies are those of train + dev
+        encoder_out, weights_out = refit.encoder, refit.pretrained_weights
+        metadata["train_with_dev"] = {"epochs": refit.epochs, "run": best_fit_index + 1,
+                                      "train_examples": refit.train_examples}
     label_map = ((info.get("source") or {}).get("reader_options") or {}).get("label_map")
     if isinstance(label_map, dict) and label_map:  # raw label -> the name the model predicts (the spec's labelMap)
         metadata["label_map"] = {str(k): str(v) for k, v in label_map.items()}
     with tempfile.TemporaryDirectory(prefix="kftune-model-") as tmp:
         local = Path(tmp) / "model.pt"
         seed_everything(tcfg.seed)
-        final_model = build_model(task.type, hp, encoder, pretrained_weights=pretrained_weights, open_store=open_store)
-        save_model(final_model, encoder, hp, local, metadata=metadata, state_dict=best_state)
+        final_model = build_model(task.type, hp, encoder_out, pretrained_weights=weights_out, open_store=open_store)
+        save_model(final_model, encoder_out, hp, local, metadata=metadata, state_dict=best_state)
         store.put_file("model.pt", local)
     model_uri = store.uri_for("model.pt")
     result = TrainResult(
         status=status, task=task.type, dev_score=mean_score, dev_scores=scores, best_run=best_fit_index + 1,
         best_epoch=best.best_epoch, epochs=best.epochs, seconds=round(time.perf_counter() - started, 3),
         samples_per_second=round(sum(f.samples_per_second for f in fits) / len(fits), 2), model_uri=model_uri,
-        out_uri=store.root_uri, hyperparameters=hp.to_dict(), trainer=tcfg.to_dict(), dev_scores_by_corpus=by_corpus)
+        out_uri=store.root_uri, hyperparameters=hp.to_dict(), trainer=tcfg.to_dict(), dev_scores_by_corpus=by_corpus,
+        train_with_dev_epochs=refit.epochs if refit is not None else None)
     put_json(store, "result.json", result.to_dict())
     with sinks_from_env("train", run_id=config.run_id, trial=config.trial, jsonl_path=config.metrics_jsonl) as final:
         final.log({"dev_score": mean_score, "epochs": float(best.epochs)}, step=None)
@@ -341,7 +419,8 @@ def run(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 # The pipeline's final training
 
 #: What the final training writes that a KFP ``Model`` artifact gets a copy of (those that exist).
-FINAL_FILES = ("model.pt", "result.json", "loss.tsv", "training_curve.png", "weights.tsv", "weights.png")
+FINAL_FILES = ("model.pt", "result.json", "loss.tsv", "training_curve.png", "weights.tsv", "weights.png",
+               "loss_with_dev.tsv")
 
 
 @dataclass(frozen=True)
@@ -458,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-weights", action="store_true", default=None,
                         help="write weights.tsv and weights.png: weight statistics every tenth of an epoch "
                              "(spec: train.writeWeights)")
+    parser.add_argument("--train-with-dev", action="store_true", default=None,
+                        help="then train the best run again on train + dev for its best epochs; that is the model "
+                             "(spec: train.trainWithDev)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints under --out")
     parser.add_argument("--run-id", help="run id for metrics grouping (default $KFTUNE_RUN_ID)")
     parser.add_argument("--trial", help="trial id for metrics grouping")
@@ -490,7 +572,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = {"max_epochs": args.max_epochs, "patience": args.patience, "training_runs": args.training_runs,
              "seed": args.seed, "device": args.device, "precision": args.precision,
              "embeddings_storage_mode": args.embeddings_storage_mode, "num_threads": args.threads,
-             "write_weights": args.write_weights}
+             "write_weights": args.write_weights, "train_with_dev": args.train_with_dev}
     trainer = TrainerConfig.from_mapping(train_block, path="spec.train")
     trainer = TrainerConfig.from_mapping({k: v for k, v in flags.items() if v is not None}, path="flags",
                                          base=trainer)

@@ -120,6 +120,7 @@ class TrainSpec:
     num_threads: int | None = None
     keep_best: bool = True
     write_weights: bool = False
+    train_with_dev: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +220,7 @@ _TRAIN_FIELDS = (
     _F("numThreads", "num_threads", _int(1, limits.MAX_THREADS, "threads")),
     _F("keepBest", "keep_best", _bool),
     _F("writeWeights", "write_weights", _bool),
+    _F("trainWithDev", "train_with_dev", _bool),
 )
 
 _EVALUATION_FIELDS = (_F("baseline", "baseline", _bool),)
