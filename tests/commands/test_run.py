@@ -77,8 +77,9 @@ def _check_summary(out: str, best: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_run_completes_on_cpu_and_prints_the_best_parameters_and_the_test_score(
         tmp_path: Path, corpus_mirror: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out_dir = tmp_path / "run"
-    rc = run_command.main([str(_spec(tmp_path)), "--out", str(out_dir), "--run-id", "tiny-1"])
+    out_dir = tmp_path / "run"  # with train.trainWithDev: the final model trains again on train + dev
+    rc = run_command.main([str(_spec(tmp_path, **{"train.trainWithDev": True})), "--out", str(out_dir),
+                           "--run-id", "tiny-1"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err + captured.out
     out = captured.out
@@ -104,6 +105,13 @@ def test_run_completes_on_cpu_and_prints_the_best_parameters_and_the_test_score(
     assert (pipeline_run / "evaluate" / "evaluation" / "baseline.json").is_file()
     assert summary["test"]["baseline"]["name"] == "tf-idf + logistic regression"
     assert "baseline" in (out_dir / "store" / "runs" / "tiny-1" / "report" / "report.md").read_text(encoding="utf-8")
+    assert summary["final_training"]["train_with_dev_epochs"] == 1
+    assert "(then trained on train + dev for 1 epochs: trainWithDev)" in out
+    assert (pipeline_run / "final-training" / "model" / "loss_with_dev.tsv").is_file()
+    baseline = json.loads((pipeline_run / "evaluate" / "evaluation" / "baseline.json").read_text(encoding="utf-8"))
+    sizes = json.loads((pipeline_run / "prepare-corpus" / "corpus" / "corpus.json").read_text())["splits"]
+    assert baseline["method"].endswith("on train + dev")
+    assert baseline["n_train"] == sizes["train"]["examples"] + sizes["dev"]["examples"]
 
 
 @pytest.mark.slow

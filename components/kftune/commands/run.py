@@ -72,9 +72,12 @@ def _summary_lines(summary: dict[str, Any], out: Path, seconds: float) -> list[s
     if trials:
         lines.append(f"  trials:          {trials['total']} ({trials['completed']} completed, {trials['pruned']} "
                      f"pruned, {trials['failed']} failed)")
-    model_uri = (summary.get("final_training") or {}).get("model_uri")
+    final = summary.get("final_training") or {}
+    model_uri = final.get("model_uri")
     if model_uri:
-        lines.append(f"  model:           {model_uri}")
+        with_dev = final.get("train_with_dev_epochs")
+        lines.append(f"  model:           {model_uri}"
+                     + (f" (then trained on train + dev for {with_dev} epochs: trainWithDev)" if with_dev else ""))
         lines.append(f"  use it:          kftune predict --model {model_uri} --text '...'  |  "
                      f"kftune serve --model {model_uri}")
     report = summary.get("report") or {}
