@@ -279,6 +279,9 @@ def test_train_with_dev_retrains_the_best_run_on_train_and_dev_for_its_best_epoc
     report.run(report.ReportConfig(out=str(tmp_path / "report"), train=str(out)))
     page = (tmp_path / "report" / "report.md").read_text()
     assert f"| trained again on train + dev | {plain.best_epoch} epochs" in page
+    from kftune.steps.train import final_page
+
+    assert f"then trained on train + dev for {plain.best_epoch} epochs (trainWithDev)" in final_page(result, None)
 
     before = model.model.state_dict()
     again = run(dataclasses.replace(cfg, resume=True))

@@ -478,8 +478,10 @@ def final_page(result: TrainResult, curve_png: bytes | None) -> str:
         image = f'<img alt="training curve" src="data:image/png;base64,{base64.b64encode(curve_png).decode()}">'
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in sorted(result.hyperparameters.items()))
+    with_dev = (f"; then trained on train + dev for {result.train_with_dev_epochs} epochs (trainWithDev): the model"
+                if result.train_with_dev_epochs else "")
     return (f"<html><body><h1>Final training</h1><p>dev score {result.dev_score:.4f}, best epoch {result.best_epoch} "
-            f"of {result.epochs} ({html.escape(result.status)})</p>{image}<h2>Hyperparameters</h2>"
+            f"of {result.epochs} ({html.escape(result.status)}){with_dev}</p>{image}<h2>Hyperparameters</h2>"
             f"<table>{rows}</table></body></html>\n")
 
 
