@@ -286,7 +286,8 @@ def final_training(
 
     Checkpoints go to the store (runs/<run_id>/final/), so a retried task continues from the last
     epoch; the model directory holds model.pt, result.json, loss.tsv and training_curve.png (and, with
-    train.writeWeights, weights.tsv and weights.png).
+    train.writeWeights, weights.tsv and weights.png). With train.trainWithDev the best run then trains again
+    on train + dev for its best held-out epochs: that is model.pt, its epochs in loss_with_dev.tsv.
 
     Args:
         best: The winner as JSON (select-best's output).
