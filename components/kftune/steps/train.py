@@ -157,7 +157,7 @@ def _train_with_dev(config: TrainConfig, task: Any, splits: Mapping[str, Sequenc
     is selected on dev here (its scores are on seen data): the last epoch's weights are the model, and the
     plateau scheduler, which reads the dev score, anneals when the fit to seen data stalls (Flair anneals on
     the training loss). Checkpointed as ``checkpoints/run-N-with-dev.pt`` and resumed like the first phase;
-    the epochs go to ``loss_with_dev.tsv``."""
+    the epochs go to ``loss_with_dev.tsv``; ``write_weights`` tracks the first phase only."""
     from kftune.io.store import open_store, put_text
     from kftune.nlp.embeddings import encode_corpus
     from kftune.nlp.trainer import Trainer
