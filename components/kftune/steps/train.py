@@ -171,16 +171,14 @@ def _train_with_dev(config: TrainConfig, task: Any, splits: Mapping[str, Sequenc
              "the dev scores below are on seen data", run_number, train_data.num_usable, epochs)
     seed, model, checkpoints = _fresh_run(config, task, hp, encoder, weights, store, run_number, "-with-dev")
     cfg = dataclasses.replace(tcfg, max_epochs=epochs, patience=epochs, keep_best=False, write_weights=False)
-    current: list[Any] = []
 
     def on_epoch_end(epoch: int, result: Any) -> bool:
-        put_text(store, "loss_with_dev.tsv", loss_tsv([h.to_dict() for h in current[0].history]))
+        put_text(store, "loss_with_dev.tsv", loss_tsv([h.to_dict() for h in trainer.history]))
         return False
 
     trainer = Trainer(model, encoder, train_data, dev_data, hp, cfg, seed=seed, run=run_number, device=device,
                       callbacks=[on_epoch_end], checkpoints=checkpoints, stop_requested=stop_flag,
                       show_progress=config.show_progress)
-    current.append(trainer)
     fit = trainer.fit(resume=config.resume)
     put_text(store, "loss_with_dev.tsv", loss_tsv([h.to_dict() for h in fit.history]))
     return _Refit(final_state=fit.final_state, encoder=encoder, pretrained_weights=weights, epochs=fit.epochs,
