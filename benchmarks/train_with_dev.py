@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import sys
+from statistics import mean
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,14 +129,15 @@ def run_case(name: str, case: Case, work: Path) -> dict[str, Any]:
             "splits": json.loads((corpus / "corpus.json").read_text()).get("splits"), "seeds": rows}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _in_order(report: Mapping[str, Any]) -> list[str]:
+    """The report's cases in :data:`CASES` order (the JSON sorts its keys), any others after them."""
+    return sorted(report["cases"], key=lambda n: (list(CASES).index(n) if n in CASES else len(CASES), n))
 
 
 def summary(case: Mapping[str, Any]) -> dict[str, float]:
     """Means over the seeds: the model's and the baseline's test scores, each plain and with dev."""
     rows = case["seeds"]
-    return {k: _mean([r[k] for r in rows]) for k in ("plain_test", "with_dev_test", "plain_baseline",
+    return {k: mean([r[k] for r in rows]) for k in ("plain_test", "with_dev_test", "plain_baseline",
                                                       "with_dev_baseline")}
 
 
@@ -148,14 +150,14 @@ def render(report: Mapping[str, Any]) -> str:
              "| case | metric | seeds | tuned, train | tuned, train + dev | baseline, train | baseline, train + dev "
              "| tuned - baseline, train | tuned - baseline, train + dev |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, case in report["cases"].items():
+    for name, case in ((n, report["cases"][n]) for n in _in_order(report)):
         m = summary(case)
         lines.append(f"| {name} | {case['metric']} | {len(case['seeds'])} | {100 * m['plain_test']:.2f} | "
                      f"{100 * m['with_dev_test']:.2f} | {100 * m['plain_baseline']:.2f} | "
                      f"{100 * m['with_dev_baseline']:.2f} | {100 * (m['plain_test'] - m['plain_baseline']):+.2f} | "
                      f"{100 * (m['with_dev_test'] - m['with_dev_baseline']):+.2f} |")
     lines += ["", "![tuned minus baseline, per seed](train_with_dev.png)", ""]
-    for name, case in report["cases"].items():
+    for name, case in ((n, report["cases"][n]) for n in _in_order(report)):
         lines += [f"## {name}", "", f"- spec: `{case['example']}` with corpus fields {case['corpus_overrides'] or '{}'}; "
                   f"splits {json.dumps({s: (v or {}).get('examples') for s, v in (case['splits'] or {}).items()})}",
                   f"- configuration (the quality job's winner): `{json.dumps(case['assignment'], sort_keys=True)}`", "",
@@ -178,7 +180,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(report["cases"])
+    names = _in_order(report)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.6))
     for i, name in enumerate(names):
         rows = report["cases"][name]["seeds"]
@@ -186,7 +188,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
                                                   ("with_dev", "tab:blue", "train + dev"))):
             deltas = [100 * (r[f"{key}_test"] - r[f"{key}_baseline"]) for r in rows]
             x = i + (j - 0.5) * 0.3
-            ax.bar(x, _mean(deltas), width=0.28, color=colour, alpha=0.6, label=label if i == 0 else None)
+            ax.bar(x, mean(deltas), width=0.28, color=colour, alpha=0.6, label=label if i == 0 else None)
             ax.scatter([x] * len(deltas), deltas, color=colour, s=12, zorder=3)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)), names)
